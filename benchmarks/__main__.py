@@ -1,0 +1,64 @@
+"""`python -m benchmarks [name ...]`: run benchmarks and update their sections of BENCHMARKS.md.
+
+Each benchmark module has `run() -> str` (a markdown body). Sections of benchmarks not run this
+time are kept as they were.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = {
+    "store": ("State stores (issue 2)", "benchmarks.bench_store"),
+}
+OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+HEADER = """# Benchmarks
+
+Produced by `make bench` (`python -m benchmarks [name ...]`). Every figure is a ratio of two
+things measured side by side in one run, interleaved, as the median of repeats: the machines
+are shared and noisy, so absolute times are given for orientation only.
+"""
+
+
+def _section(name: str, title: str, body: str) -> str:
+    machine = (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (
+        f"<!-- bench:{name}:start -->\n## {title}\n\n_Run {stamp} on {machine}._\n\n"
+        f"{body}\n<!-- bench:{name}:end -->"
+    )
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    text = OUTPUT.read_text() if OUTPUT.exists() else HEADER
+    for name in names:
+        title, module = BENCHMARKS[name]
+        print(f"== {name}: {title}", flush=True)
+        body = importlib.import_module(module).run()
+        print(body, flush=True)
+        section = _section(name, title, body)
+        pattern = re.compile(rf"<!-- bench:{name}:start -->.*?<!-- bench:{name}:end -->", re.S)
+        text = (
+            pattern.sub(lambda _, s=section: s, text)
+            if pattern.search(text)
+            else (text.rstrip() + "\n\n" + section + "\n")
+        )
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,25 @@
+"""Where state lives: one `Store` protocol, an in-process `LocalStore` (the default) and a
+`RedisStore`, one codec for tensors <-> bytes (never pickle). Imports nothing else of ours."""
+
+from kv_store.base import BaseStore, Store
+from kv_store.codec import DEFAULT_MAX_RECORD_BYTES, decode_record, encode_record
+from kv_store.errors import CorruptRecord, RecordTooLarge, StoreError, StoreUnavailable
+from kv_store.local import LocalStore
+from kv_store.redis_store import RedisStore
+from kv_store.state import load_state, save_state
+
+__all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "BaseStore",
+    "CorruptRecord",
+    "LocalStore",
+    "RecordTooLarge",
+    "RedisStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "decode_record",
+    "encode_record",
+    "load_state",
+    "save_state",
+]

@@ -1,0 +1,203 @@
+"""`LocalStore`: the in-process default. Thread-safe, optionally byte-bounded with LRU eviction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kv_store.base import BaseStore, Record
+from kv_store.codec import tensors_nbytes
+from kv_store.errors import RecordTooLarge
+
+
+@dataclass
+class _Entry:
+    record: Record
+    nbytes: int
+    expires_at: float | None
+
+
+@dataclass
+class _Stream:
+    events: deque[tuple[str, int, str]]  # (id, ms, json payload)
+    last_ms: int = -1
+    last_seq: int = -1
+
+
+@dataclass
+class _Backing:
+    """The data every namespace view of one LocalStore shares."""
+
+    max_bytes: int | None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    entries: OrderedDict[tuple[str, str], _Entry] = field(default_factory=OrderedDict)
+    streams: dict[tuple[str, str], _Stream] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+class LocalStore(BaseStore):
+    """In-process store. Tensors are copied in and out, so neither side can alias the other.
+
+    Args:
+        max_bytes: bound on the tensor bytes held across all namespaces; least recently used
+            records are evicted to make room (None: unbounded). A single record larger than the
+            bound is refused with `RecordTooLarge`.
+        ttl_clock: monotonic seconds used for TTL expiry (injectable for tests).
+        namespace, max_record_bytes, max_event_bytes, max_events_per_stream, event_clock:
+            see `BaseStore`.
+    """
+
+    def __init__(
+        self,
+        namespace: str = "default",
+        *,
+        max_bytes: int | None = None,
+        ttl_clock: Callable[[], float] = time.monotonic,
+        _backing: _Backing | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(namespace, **options)
+        if max_bytes is not None and (isinstance(max_bytes, bool) or max_bytes <= 0):
+            raise ValueError(f"max_bytes must be a positive integer or None, got {max_bytes!r}")
+        self._backing = _backing or _Backing(max_bytes=max_bytes)
+        self._options = options
+        self.ttl_clock = ttl_clock
+
+    def with_namespace(self, namespace: str) -> LocalStore:
+        return LocalStore(
+            namespace, ttl_clock=self.ttl_clock, _backing=self._backing, **self._options
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Tensor bytes held now, across all namespaces of this store."""
+        with self._backing.lock:
+            return self._backing.nbytes
+
+    # -- tensors -------------------------------------------------------------------------------
+    def _raw_put_many(self, records: dict[str, Record], ttl_s: float | None) -> None:
+        backing = self._backing
+        now = self.ttl_clock()
+        expires_at = None if ttl_s is None else now + ttl_s
+        copies = {
+            k: ({n: t.clone() for n, t in tensors.items()}, meta)
+            for k, (tensors, meta) in records.items()
+        }
+        with backing.lock:
+            for key, record in copies.items():
+                nbytes = tensors_nbytes(record[0])
+                if backing.max_bytes is not None and nbytes > backing.max_bytes:
+                    raise RecordTooLarge(
+                        f"record {key!r} of {nbytes} bytes exceeds LocalStore max_bytes="
+                        f"{backing.max_bytes}"
+                    )
+                self._pop((self.namespace, key))
+                backing.entries[(self.namespace, key)] = _Entry(record, nbytes, expires_at)
+                backing.nbytes += nbytes
+                self._evict_to_fit()
+
+    def _raw_get_many(self, keys: list[str]) -> list[Record | None]:
+        found: list[Record | None] = []
+        with self._backing.lock:
+            for key in keys:
+                entry = self._live_entry((self.namespace, key))
+                if entry is None:
+                    found.append(None)
+                    continue
+                self._backing.entries.move_to_end((self.namespace, key))
+                tensors, meta = entry.record
+                found.append(({n: t.clone() for n, t in tensors.items()}, _copy_json(meta)))
+        return found
+
+    def _raw_delete(self, key: str) -> bool:
+        with self._backing.lock:
+            existed = self._live_entry((self.namespace, key)) is not None
+            self._pop((self.namespace, key))
+            return existed
+
+    def _raw_exists(self, key: str) -> bool:
+        with self._backing.lock:
+            return self._live_entry((self.namespace, key)) is not None
+
+    def _raw_keys(self, prefix: str) -> list[str]:
+        with self._backing.lock:
+            candidates = [k for ns, k in self._backing.entries if ns == self.namespace]
+            return [
+                k
+                for k in candidates
+                if k.startswith(prefix) and self._live_entry((self.namespace, k))
+            ]
+
+    # -- events --------------------------------------------------------------------------------
+    def _raw_append_event(self, stream: str, ms: int, payload: str) -> str:
+        with self._backing.lock:
+            log = self._backing.streams.setdefault(
+                (self.namespace, stream), _Stream(deque(maxlen=self.max_events_per_stream))
+            )
+            if ms < log.last_ms:
+                raise ValueError(
+                    f"event time goes backwards in stream {stream!r}: "
+                    f"{ms} ms < last {log.last_ms} ms"
+                )
+            seq = log.last_seq + 1 if ms == log.last_ms else 0
+            log.last_ms, log.last_seq = ms, seq
+            event_id = f"{ms}-{seq}"
+            log.events.append((event_id, ms, payload))
+            return event_id
+
+    def _raw_read_events(
+        self, stream: str, lo_ms: int | None, hi_ms: int | None
+    ) -> list[tuple[str, str | bytes]]:
+        with self._backing.lock:
+            log = self._backing.streams.get((self.namespace, stream))
+            if log is None:
+                return []
+            return [
+                (event_id, payload)
+                for event_id, ms, payload in log.events
+                if (lo_ms is None or ms >= lo_ms) and (hi_ms is None or ms <= hi_ms)
+            ]
+
+    def _raw_delete_stream(self, stream: str) -> bool:
+        with self._backing.lock:
+            return self._backing.streams.pop((self.namespace, stream), None) is not None
+
+    def ping(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release; the data stays for other views of this store."""
+
+    # -- internals (call with the lock held) ---------------------------------------------------
+    def _live_entry(self, full_key: tuple[str, str]) -> _Entry | None:
+        entry = self._backing.entries.get(full_key)
+        if (
+            entry is not None
+            and entry.expires_at is not None
+            and self.ttl_clock() >= entry.expires_at
+        ):
+            self._pop(full_key)
+            return None
+        return entry
+
+    def _pop(self, full_key: tuple[str, str]) -> None:
+        entry = self._backing.entries.pop(full_key, None)
+        if entry is not None:
+            self._backing.nbytes -= entry.nbytes
+
+    def _evict_to_fit(self) -> None:
+        backing = self._backing
+        while backing.max_bytes is not None and backing.nbytes > backing.max_bytes:
+            oldest = next(iter(backing.entries))
+            self._pop(oldest)
+
+
+def _copy_json(meta: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    copied: dict[str, Any] = json.loads(json.dumps(meta))
+    return copied

@@ -1,0 +1,115 @@
+"""Start a private, throw-away `redis-server` on a free loopback port (tests, benchmarks, demos).
+
+Persistence is off (`--save "" --appendonly no`) and it runs in its own temporary directory, so
+it never touches another server's data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+INSTALL_HINT = "install it with `apt-get install -y redis-server` (Debian/Ubuntu)"
+
+
+def find_redis_server() -> str | None:
+    return shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalRedisServer:
+    """A private redis-server process. `kill()` and `start()` again to simulate an outage."""
+
+    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+        found = binary or find_redis_server()
+        if found is None:
+            raise FileNotFoundError(f"redis-server not found on PATH; {INSTALL_HINT}")
+        self.binary = found
+        self.port = port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="tempomem-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = 10.0) -> LocalRedisServer:
+        if self.running:
+            return self
+        log = Path(self._tmp.name) / "redis.log"
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._tmp.name,
+                "--logfile",
+                str(log),
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.ConnectionError:
+                    pass
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    self.kill()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}:\n{tail}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server (an abrupt outage, not a clean shutdown)."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def stop(self) -> None:
+        self.kill()
+        self._tmp.cleanup()
+
+    def __enter__(self) -> LocalRedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

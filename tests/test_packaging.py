@@ -1,0 +1,68 @@
+"""Packaging and architecture: the install works, imports point down the layer list, and our
+top-level `kernels` package is never mistaken for Hugging Face's."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ["kernels", "memory", "kv_store", "policies", "envs", "services"]
+# What each package may import of ours (DESIGN.md, "Layout and direction of imports").
+ALLOWED = {
+    "kernels": set(),
+    "memory": {"kernels"},
+    "kv_store": set(),
+    "policies": {"memory", "kernels"},
+    "envs": {"policies", "memory", "kernels"},
+    "services": set(PACKAGES),
+}
+
+
+def _imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_point_down_the_layers(package: str) -> None:
+    offenders = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        ours = _imported_top_levels(path) & set(PACKAGES) - {package}
+        bad = ours - ALLOWED[package]
+        if bad:
+            offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert not offenders, "upward imports:\n" + "\n".join(offenders)
+
+
+def test_transformers_does_not_take_our_kernels_for_theirs() -> None:
+    pytest.importorskip("transformers")
+    code = "import kernels, transformers.utils.import_utils as iu;print(iu.is_kernels_available())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_console_script_lists_its_commands() -> None:
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("version", "doctor", "store", "demo"):
+        assert command in result.output
+
+
+def test_every_package_imports() -> None:
+    for package in PACKAGES:
+        __import__(package)
