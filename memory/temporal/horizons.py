@@ -1,0 +1,415 @@
+"""Freshness horizon per tool: how long a tool's result stays true enough to answer from.
+
+A horizon is declared (`ToolSpec(horizon_s=...)`, `@fresh_for(seconds)`, or an `x-horizon-s`
+field in an OpenAI function spec) or inferred into a volatility class:
+
+    realtime 30 s · minutes 10 min · hours 6 h · days 3 d · static 1 year
+
+Inference reads the tool's name (weight 2), description and parameter names/descriptions
+(weight 1) against `LEXICON`: each keyword or two-word phrase votes for one or more classes with
+a weight. With an embedder, the cosine similarity of the spec to each class's prototype
+sentences is turned into a second vote (softmax, temperature `EMBED_TEMPERATURE`) and averaged
+with the lexicon's. The horizon is the vote-weighted geometric mean of the class horizons, so a
+"weather" tool (half minutes, half hours) gets about an hour; the class is the top vote (ties go
+to the more volatile class, because a needless call costs less than a stale answer). A tool with
+no vote at all gets `DEFAULT_CLASS` (minutes), for the same reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Volatility(StrEnum):
+    """How fast a tool's world changes; each class has a representative horizon."""
+
+    REALTIME = "realtime"
+    MINUTES = "minutes"
+    HOURS = "hours"
+    DAYS = "days"
+    STATIC = "static"
+
+
+CLASS_HORIZON_S: dict[Volatility, float] = {
+    Volatility.REALTIME: 30.0,
+    Volatility.MINUTES: 10 * 60.0,
+    Volatility.HOURS: 6 * 3600.0,
+    Volatility.DAYS: 3 * 86400.0,
+    Volatility.STATIC: 365 * 86400.0,
+}
+CLASS_ORDER = tuple(Volatility)  # most volatile first: the tie-break order
+DEFAULT_CLASS = Volatility.MINUTES
+NAME_WEIGHT = 2.0
+EMBED_TEMPERATURE = 0.05
+HORIZON_FIELDS = ("x-horizon-s", "x_horizon_s", "horizon_s")
+
+R, MI, HO, DA, ST = CLASS_ORDER
+# keyword (singular, lower case; two words for a phrase) -> {class: weight}. General knowledge
+# about how fast things change, not fitted to any labelled data.
+LEXICON: dict[str, dict[Volatility, float]] = {
+    # realtime: markets, sensors, moving things, anything "live"
+    "price": {R: 2.0},
+    "quote": {R: 3.0},
+    "order book": {R: 4.0},
+    "orderbook": {R: 4.0},
+    "bid": {R: 2.0},
+    "trading": {R: 2.0},
+    "trade": {R: 1.5},
+    "ticker": {R: 2.0},
+    "stock": {R: 1.5, MI: 0.5},
+    "crypto": {R: 2.0},
+    "market": {R: 1.0},
+    "position": {R: 2.0},
+    "gps": {R: 3.0},
+    "speed": {R: 2.0},
+    "telemetry": {R: 3.0},
+    "sensor": {R: 3.0},
+    "vital": {R: 4.0},
+    "heart rate": {R: 4.0},
+    "spo2": {R: 3.0},
+    "blood pressure": {R: 3.0},
+    "monitor": {R: 2.0},
+    "live": {R: 3.0},
+    "real time": {R: 3.0},
+    "realtime": {R: 3.0},
+    "score": {R: 1.5, MI: 1.0},
+    "location": {R: 1.0, MI: 1.0},
+    # minutes: traffic, queues, statuses, exchange rates, availability
+    "traffic": {MI: 3.0},
+    "exchange rate": {MI: 3.0},
+    "currency": {MI: 2.0},
+    "fx": {MI: 2.0},
+    "status": {MI: 2.0},
+    "delay": {MI: 2.0},
+    "gate": {MI: 1.0},
+    "eta": {MI: 2.0},
+    "queue": {MI: 2.0},
+    "wait time": {MI: 2.0},
+    "occupancy": {MI: 2.0},
+    "parking": {MI: 1.5},
+    "inventory": {MI: 1.5, HO: 0.5},
+    "availability": {MI: 1.5, HO: 1.5},
+    "available": {MI: 1.0, HO: 1.0},
+    "inbox": {MI: 2.0},
+    "balance": {MI: 1.5},
+    "current": {MI: 1.0},
+    "weather": {MI: 1.5, HO: 1.5},
+    "temperature": {MI: 0.5, HO: 0.5},
+    "condition": {MI: 0.5, HO: 0.5},
+    # hours: news, calendars, forecasts, schedules of the day
+    "news": {HO: 3.0},
+    "headline": {HO: 3.0},
+    "latest": {MI: 0.5, HO: 1.0},
+    "forecast": {HO: 2.0},
+    "schedule": {HO: 2.0},
+    "calendar": {HO: 2.0},
+    "agenda": {HO: 2.0},
+    "event": {HO: 1.0},
+    "booking": {HO: 1.0},
+    "reservation": {HO: 1.0},
+    "rate": {MI: 0.5, HO: 0.5},
+    "trend": {HO: 1.0, DA: 1.0},
+    "ranking": {HO: 1.0, DA: 1.0},
+    # days: timetables, catalogues, contacts, menus, reports
+    "timetable": {DA: 3.0},
+    "scheduled": {HO: 1.0, DA: 1.0},
+    "menu": {DA: 2.0},
+    "opening hour": {DA: 2.0},
+    "contact": {DA: 2.0},
+    "address": {DA: 1.0, ST: 1.0},
+    "profile": {DA: 2.0},
+    "review": {DA: 1.5},
+    "report": {DA: 1.0},
+    "statistic": {DA: 1.0},
+    "product": {DA: 1.0},
+    "catalog": {DA: 1.0, ST: 2.0},
+    "catalogue": {DA: 1.0, ST: 2.0},
+    "specification": {DA: 1.0, ST: 1.0},
+    "spec": {DA: 1.0, ST: 1.0},
+    "documentation": {DA: 2.0},
+    "faq": {DA: 2.0},
+    "guideline": {DA: 1.0, ST: 1.0},
+    "policy": {DA: 1.0, ST: 1.0},
+    # static: laws, definitions, reference knowledge
+    "regulation": {ST: 3.0},
+    "law": {ST: 3.0},
+    "statute": {ST: 3.0},
+    "legal": {ST: 1.0},
+    "definition": {ST: 3.0},
+    "define": {ST: 3.0},
+    "dictionary": {ST: 3.0},
+    "glossary": {ST: 3.0},
+    "encyclopedia": {ST: 3.0},
+    "etymology": {ST: 2.0},
+    "history": {ST: 2.0},
+    "historical": {ST: 2.0},
+    "constant": {ST: 3.0},
+    "formula": {ST: 3.0},
+    "unit conversion": {ST: 3.0},
+    "translate": {ST: 2.0},
+    "translation": {ST: 2.0},
+    "recipe": {ST: 2.0},
+    "biography": {ST: 2.0},
+    "manual": {ST: 2.0},
+}
+
+# Sentences describing each class, embedded once per embedder (when one is given).
+CLASS_PROTOTYPES: dict[Volatility, tuple[str, ...]] = {
+    R: (
+        "live real-time market price quote or order book that changes every second",
+        "current sensor reading, GPS position or patient vital signs from a monitor",
+        "live score of a game in progress",
+    ),
+    MI: (
+        "current traffic, queue length or wait time",
+        "status of a flight, delivery or order that changes within minutes",
+        "current currency exchange rate or seat availability",
+    ),
+    HO: (
+        "latest news headlines about a topic",
+        "weather forecast for today",
+        "calendar events and today's schedule",
+    ),
+    DA: (
+        "train timetable or opening hours",
+        "product catalogue entry and specifications",
+        "contact details, user profile or restaurant menu",
+    ),
+    ST: (
+        "text of a law or regulation",
+        "dictionary definition of a word",
+        "historical facts, physical constants or encyclopedia article",
+    ),
+}
+
+
+class ToolSpec(BaseModel):
+    """A tool as the advisor sees it; `horizon_s` declares how long its results stay fresh."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    horizon_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+    @classmethod
+    def from_openai(cls, spec: Mapping[str, Any]) -> ToolSpec:
+        """From `{"type": "function", "function": {...}}` or a bare function dict.
+
+        A horizon may be declared in `x-horizon-s` (or `x_horizon_s`, `horizon_s`) on the
+        function or on the outer dict.
+        """
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"tool spec must be a dict, got {type(spec).__name__}")
+        function = spec.get("function", spec)
+        if not isinstance(function, Mapping):
+            raise ValueError("tool spec field 'function' must be a dict")
+        horizon = next(
+            (
+                source[key]
+                for source in (function, spec)
+                for key in HORIZON_FIELDS
+                if source.get(key) is not None
+            ),
+            None,
+        )
+        try:
+            return cls(
+                name=function.get("name") or "",
+                description=function.get("description") or "",
+                parameters=function.get("parameters") or {},
+                horizon_s=horizon,
+            )
+        except ValidationError as err:
+            raise ValueError(f"tool spec {function.get('name')!r}: {err}") from None
+
+    @classmethod
+    def from_function(cls, fn: Callable[..., Any]) -> ToolSpec:
+        """From a Python function: name, docstring, parameter names, `@fresh_for` horizon."""
+        doc = inspect.getdoc(fn) or ""
+        names = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+        return cls(
+            name=fn.__name__,
+            description=doc.split("\n\n")[0].strip(),
+            parameters={"type": "object", "properties": {p: {} for p in names}},
+            horizon_s=getattr(fn, FRESH_FOR_ATTRIBUTE, None),
+        )
+
+    def digest(self) -> str:
+        """Stable hash of the spec (blake2b of its canonical JSON): the cache key."""
+        return stable_digest(self.model_dump(mode="json"))
+
+
+def stable_digest(value: Any) -> str:
+    """blake2b-128 of canonical JSON: the same across processes, unlike Python's hash()."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+FRESH_FOR_ATTRIBUTE = "__tempomem_horizon_s__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fresh_for(seconds: float) -> Callable[[F], F]:
+    """Declare that a tool function's results stay fresh for `seconds`."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"fresh_for: seconds must be a number, got {seconds!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"fresh_for: seconds must be finite and > 0, got {seconds}")
+
+    def mark(fn: F) -> F:
+        setattr(fn, FRESH_FOR_ATTRIBUTE, float(seconds))
+        return fn
+
+    return mark
+
+
+def as_tool_spec(tool: ToolSpec | Mapping[str, Any] | Callable[..., Any]) -> ToolSpec:
+    """Any accepted tool form (ToolSpec, OpenAI dict, decorated function) as a ToolSpec."""
+    if isinstance(tool, ToolSpec):
+        return tool
+    if isinstance(tool, Mapping):
+        return ToolSpec.from_openai(tool)
+    if callable(tool):
+        return ToolSpec.from_function(tool)
+    raise ValueError(f"cannot read a tool spec from {type(tool).__name__}")
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised vectors, shape (len(texts), dim)."""
+
+    def embed(self, texts: Sequence[str]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class HorizonEstimate:
+    """A tool's horizon, its volatility class, where it came from, and the class votes."""
+
+    horizon_s: float
+    volatility: Volatility
+    source: str  # "declared" | "lexicon" | "embedding" | "lexicon+embedding" | "default"
+    votes: Mapping[Volatility, float]
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of text, snake_case and camelCase split, crude plural folding."""
+    return [singular(w) for w in _WORD.findall(_CAMEL.sub(" ", text).lower())]
+
+
+def singular(word: str) -> str:
+    if len(word) > 3 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def spec_text_fields(spec: ToolSpec) -> tuple[str, str]:
+    """(name as words, description + parameter names and descriptions) of a spec."""
+    name = " ".join(words(spec.name))
+    properties = spec.parameters.get("properties") or {}
+    parts = [spec.description]
+    if isinstance(properties, Mapping):
+        for key, schema in properties.items():
+            parts.append(str(key).replace("_", " "))
+            if isinstance(schema, Mapping) and schema.get("description"):
+                parts.append(str(schema["description"]))
+    return name, " ".join(parts)
+
+
+def lexicon_votes(spec: ToolSpec) -> dict[Volatility, float]:
+    """Weighted keyword votes per class from the spec's name, description and parameters."""
+    name, rest = spec_text_fields(spec)
+    votes = dict.fromkeys(CLASS_ORDER, 0.0)
+    for text, weight in ((name, NAME_WEIGHT), (rest, 1.0)):
+        tokens = words(text)
+        grams = set(tokens) | {f"{a} {b}" for a, b in itertools.pairwise(tokens)}
+        for gram in grams:
+            for volatility, vote in LEXICON.get(gram, {}).items():
+                votes[volatility] += weight * vote
+    return votes
+
+
+def horizon_from_votes(votes: Mapping[Volatility, float]) -> tuple[float, Volatility]:
+    """Vote-weighted geometric mean of class horizons, and the top class (ties: more volatile)."""
+    total = sum(votes.values())
+    if total <= 0:
+        return CLASS_HORIZON_S[DEFAULT_CLASS], DEFAULT_CLASS
+    log_h = sum(v / total * math.log(CLASS_HORIZON_S[c]) for c, v in votes.items())
+    top = max(CLASS_ORDER, key=lambda c: (votes.get(c, 0.0), -CLASS_ORDER.index(c)))
+    return math.exp(log_h), top
+
+
+class HorizonResolver:
+    """Declared or inferred horizons, cached by the spec's stable digest (bounded)."""
+
+    def __init__(self, embedder: Embedder | None = None, max_cache: int = 4096) -> None:
+        self.embedder = embedder
+        self.max_cache = max_cache
+        self._cache: dict[str, HorizonEstimate] = {}
+        self._prototypes: np.ndarray | None = None
+
+    def resolve(self, spec: ToolSpec, digest: str | None = None) -> HorizonEstimate:
+        key = digest or spec.digest()
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._estimate(spec)
+            if len(self._cache) >= self.max_cache:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = hit
+        return hit
+
+    def _estimate(self, spec: ToolSpec) -> HorizonEstimate:
+        if spec.horizon_s is not None:
+            return HorizonEstimate(spec.horizon_s, _closest_class(spec.horizon_s), "declared", {})
+        lexical = lexicon_votes(spec)
+        lexical_total = sum(lexical.values())
+        if self.embedder is None:
+            horizon, top = horizon_from_votes(lexical)
+            return HorizonEstimate(horizon, top, "lexicon" if lexical_total else "default", lexical)
+        embedded = self._embedding_votes(spec)
+        if lexical_total > 0:
+            votes = {c: 0.5 * lexical[c] / lexical_total + 0.5 * embedded[c] for c in CLASS_ORDER}
+            source = "lexicon+embedding"
+        else:
+            votes, source = embedded, "embedding"
+        horizon, top = horizon_from_votes(votes)
+        return HorizonEstimate(horizon, top, source, votes)
+
+    def _embedding_votes(self, spec: ToolSpec) -> dict[Volatility, float]:
+        assert self.embedder is not None
+        if self._prototypes is None:
+            rows = []
+            for volatility in CLASS_ORDER:
+                vectors = np.asarray(self.embedder.embed(list(CLASS_PROTOTYPES[volatility])))
+                mean = vectors.mean(axis=0)
+                rows.append(mean / np.linalg.norm(mean))
+            self._prototypes = np.stack(rows)
+        name, rest = spec_text_fields(spec)
+        vector = np.asarray(self.embedder.embed([f"{name}: {rest}"]))[0]
+        similarity = self._prototypes @ vector
+        weights = np.exp((similarity - similarity.max()) / EMBED_TEMPERATURE)
+        weights /= weights.sum()
+        return {c: float(w) for c, w in zip(CLASS_ORDER, weights, strict=True)}
+
+
+def _closest_class(horizon_s: float) -> Volatility:
+    """The class whose horizon is nearest on a log scale (for reporting declared horizons)."""
+    return min(CLASS_ORDER, key=lambda c: abs(math.log(CLASS_HORIZON_S[c] / horizon_s)))

@@ -1,0 +1,46 @@
+"""Retrofits of frozen models: TempoFit memory on transformers models, model loaders.
+
+Imports ``memory`` and ``kernels`` only. The transformers-heavy modules load lazily, on first
+use of the name that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from policies.layer_selection import LayerCalibration, calibrate_layers, default_layers
+    from policies.models import load_smollm2, tiny_random_model
+    from policies.tempofit import TempoFit
+
+_LAZY = {
+    "TempoFit": "policies.tempofit",
+    "load_smollm2": "policies.models",
+    "tiny_random_model": "policies.models",
+    "default_layers": "policies.layer_selection",
+    "calibrate_layers": "policies.layer_selection",
+    "LayerCalibration": "policies.layer_selection",
+}
+
+__all__ = [
+    "LayerCalibration",
+    "TempoFit",
+    "calibrate_layers",
+    "default_layers",
+    "load_smollm2",
+    "tiny_random_model",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'policies' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
