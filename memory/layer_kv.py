@@ -139,6 +139,13 @@ class LayerwiseKVMemory:
         """S_slot, tokens per stored frame at ``layer`` (0 before the first push)."""
         return self._ring(layer).slot_len
 
+    def check_time(self, t: float | Tensor, action: str = "step") -> None:
+        """Raise a ValueError if ``t`` (float or (B,)) is not finite or is earlier than a
+        session's newest stored frame at any layer; lets a caller fail before a forward."""
+        times = self._session_times(t)
+        for layer, ring in self._rings.items():
+            self._check_time_order(layer, ring, times, action)
+
     def reset(self) -> None:
         """Forget every frame of every session and layer (a new episode); keeps the buffers so
         that the next episode does not reallocate."""

@@ -126,7 +126,6 @@ class TempoFit:
         self.memory = self._new_memory(batch_size)
         self.load_observers: list[LoadObserver] = []
         self._steps_pushed = 0
-        self._last_time: Tensor | None = None  # (B,) float64 of the newest pushed frame
         self._step_state: _StepState | None = None
         self._removed = False
 
@@ -191,7 +190,6 @@ class TempoFit:
             raise ValueError("cannot reset() inside a step")
         self.memory.reset()
         self._steps_pushed = 0
-        self._last_time = None
 
     def remove(self) -> None:
         """Remove every hook and wrapper: the model computes exactly as before TempoFit."""
@@ -208,13 +206,10 @@ class TempoFit:
         return self._steps_pushed
 
     def state_dict(self) -> dict[str, Any]:
-        """The memory's state plus the step counter and last time, so a session restored in
-        another process goes on exactly (same default t, same time-order check)."""
+        """The memory's state plus the step counter, so a session restored in another process
+        goes on exactly (same default t; the memory's frame times keep the time-order check)."""
         state = dict(self.memory.state_dict())
         state["tempofit.steps_pushed"] = self._steps_pushed
-        state["tempofit.last_time"] = (
-            None if self._last_time is None else [float(x) for x in self._last_time]
-        )
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -223,16 +218,10 @@ class TempoFit:
             raise ValueError("cannot load_state_dict() inside a step")
         memory_state = {k: v for k, v in state.items() if not k.startswith("tempofit.")}
         steps = state.get("tempofit.steps_pushed")
-        last = state.get("tempofit.last_time")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"state['tempofit.steps_pushed'] must be an int >= 0, got {steps!r}")
-        if last is not None and (
-            not isinstance(last, list) or not all(isinstance(x, int | float) for x in last)
-        ):
-            raise ValueError("state['tempofit.last_time'] must be a list of numbers or None")
         self.memory.load_state_dict(memory_state)
         self._steps_pushed = steps
-        self._last_time = None if last is None else torch.tensor(last, dtype=torch.float64)
 
     # ------------------------------------------------------------------------------- internals
 
@@ -260,23 +249,9 @@ class TempoFit:
         return float(t)
 
     def _check_time_order(self, time: float | Tensor) -> None:
-        if self._last_time is None:
-            return
-        now = torch.as_tensor(time, dtype=torch.float64)
-        if now.dim() and now.shape != self._last_time.shape:
-            raise ValueError(
-                f"t has shape {tuple(now.shape)}, expected a float or "
-                f"({self._last_time.shape[0]},) for the memory's sessions"
-            )
-        now = now.expand_as(self._last_time)
-        backwards = now < self._last_time
-        if bool(backwards.any()):
-            b = int(backwards.nonzero()[0])
-            raise ValueError(
-                f"time went backwards for session {b}: step at t = {now[b].item()} is earlier "
-                f"than its previous frame at t = {self._last_time[b].item()} "
-                f"(call reset() to start a new episode)"
-            )
+        """Fail before the forward if ``time`` is earlier than a session's newest frame."""
+        if self._steps_pushed:  # an empty memory may still be rebuilt for another batch size
+            self.memory.check_time(time, action="step")
 
     def _on_forward_start(self, info: ForwardInfo) -> None:
         state = self._step_state
@@ -369,9 +344,6 @@ class TempoFit:
             key, value = state.frames[layer]
             self.memory.push(layer, key, value, state.time)
         self._steps_pushed += 1
-        self._last_time = (
-            torch.as_tensor(state.time, dtype=torch.float64).expand(self.memory.batch_size).clone()
-        )
 
     def __repr__(self) -> str:
         return (
