@@ -1,0 +1,298 @@
+"""Clients a controller or agent uses: ``TempomemClient`` (sync) and ``AsyncTempomemClient``.
+
+A client is bound to ONE tenant (``namespace``): it builds actor names and store namespaces
+from it, and refuses a ``SessionId`` of another namespace (``PermissionError``), so a tenant's
+client cannot reach another tenant's sessions or keys. (In-cluster this is isolation by
+construction, not a security boundary: code with raw Ray access can look up any named actor.
+The HTTP transport, later, is where authentication belongs.)
+
+Requests are validated in the caller's process (``pydantic.ValidationError`` naming the field)
+before anything is sent, and again by the session actor.
+
+Transport seam: both clients talk to sessions only through ``call(session, method, payload)``
+on a transport object. ``RayTransport`` / ``AsyncRayTransport`` reach session actors through
+Ray actor handles (the process must be connected to the cluster: ``ray.init(...)``); an HTTP
+transport for the Serve app will implement the same two methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import ray
+
+from services.policy_worker import ModelFactory, WorkerSpec
+from services.schemas import (
+    ElapsedResponse,
+    ResetRequest,
+    ResetResponse,
+    SessionId,
+    SessionKind,
+    SessionSummary,
+    StepRequest,
+    StepResponse,
+)
+from services.session import SessionConfig, StoreSpec, session_handle
+
+
+class Transport(Protocol):
+    """How a sync client reaches a session: one call, JSON in, JSON out."""
+
+    def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any: ...
+
+
+class AsyncTransport(Protocol):
+    async def call(
+        self, session: SessionId, method: str, payload: dict[str, Any] | None
+    ) -> Any: ...
+
+
+class RayTransport:
+    """Session actors through Ray handles (created on first use, then cached).
+
+    Args:
+        store, worker, config, worker_factory, detached: how a session actor is created when it
+            does not exist yet (see ``services.session.session_handle``).
+        ray_namespace: Ray namespace of the session and worker actors (default: the namespace
+            this process joined with ``ray.init(namespace=...)``).
+        timeout_s: longest wait for one call.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: StoreSpec,
+        worker: WorkerSpec,
+        config: SessionConfig | None = None,
+        worker_factory: ModelFactory | None = None,
+        ray_namespace: str | None = None,
+        detached: bool = False,
+        timeout_s: float = 120.0,
+    ) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("RayTransport needs a Ray connection: call ray.init(...) first")
+        self.store, self.worker, self.config = store, worker, config
+        self.worker_factory = worker_factory
+        self.ray_namespace = ray_namespace or ray.get_runtime_context().namespace
+        self.detached = detached
+        self.timeout_s = timeout_s
+        self._handles: dict[str, Any] = {}
+
+    def handle(self, session: SessionId) -> Any:
+        """The session's actor handle (get-or-create)."""
+        name = session.actor_name
+        found = self._handles.get(name)
+        if found is None:
+            found = session_handle(
+                session,
+                ray_namespace=self.ray_namespace,
+                store=self.store,
+                worker=self.worker,
+                config=self.config,
+                worker_factory=self.worker_factory,
+                detached=self.detached,
+            )
+            self._handles[name] = found
+        return found
+
+    def submit(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        """The ObjectRef of one call."""
+        remote_method = getattr(self.handle(session), method)
+        return remote_method.remote() if payload is None else remote_method.remote(payload)
+
+    def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        return ray.get(self.submit(session, method, payload), timeout=self.timeout_s)
+
+
+class AsyncRayTransport:
+    """``RayTransport`` for asyncio callers: awaits the ObjectRefs instead of blocking."""
+
+    def __init__(self, sync: RayTransport) -> None:
+        self.sync = sync
+
+    async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        return await self.sync.submit(session, method, payload)
+
+
+class _ClientBase:
+    def __init__(self, namespace: str, kind: SessionKind) -> None:
+        # Validates the namespace and kind once, naming the field on error.
+        SessionId(kind=kind, namespace=namespace, id="probe")
+        self.namespace = namespace
+        self.kind = kind
+
+    def session_id(self, session: str | SessionId) -> SessionId:
+        """A session of this client's tenant; ``PermissionError`` for another tenant's."""
+        if isinstance(session, SessionId):
+            if session.namespace != self.namespace:
+                raise PermissionError(
+                    f"session {session} belongs to namespace {session.namespace!r}; this client "
+                    f"is bound to namespace {self.namespace!r}"
+                )
+            return session
+        return SessionId(kind=self.kind, namespace=self.namespace, id=session)
+
+    @staticmethod
+    def _step_request(
+        step_id: int,
+        input_ids: Sequence[int],
+        prefix_len: int,
+        t: float | None,
+        choices: Sequence[Sequence[int]] | None,
+        top_k: int,
+    ) -> dict[str, Any]:
+        request = StepRequest(
+            step_id=step_id,
+            input_ids=list(input_ids),
+            prefix_len=prefix_len,
+            t=t,
+            choices=None if choices is None else [list(c) for c in choices],
+            top_k=top_k,
+        )
+        return request.model_dump(mode="json")
+
+
+def _ray_transport(
+    store: StoreSpec | str,
+    worker: WorkerSpec | None,
+    config: SessionConfig | None,
+    worker_factory: ModelFactory | None,
+    ray_namespace: str | None,
+    detached: bool,
+    timeout_s: float,
+) -> RayTransport:
+    return RayTransport(
+        store=store if isinstance(store, StoreSpec) else StoreSpec(url=store),
+        worker=worker or WorkerSpec(),
+        config=config,
+        worker_factory=worker_factory,
+        ray_namespace=ray_namespace,
+        detached=detached,
+        timeout_s=timeout_s,
+    )
+
+
+class TempomemClient(_ClientBase):
+    """Synchronous client of one tenant's sessions.
+
+    Args:
+        namespace: the tenant; [A-Za-z0-9_.-]{1,64}.
+        kind: kind of the sessions addressed by plain string ids ("robot" or "agent").
+        store: ``StoreSpec`` or its URL ("local" or "redis://..."): where sessions persist.
+        worker: ``WorkerSpec`` of the shared policy worker (default: tiny-llama).
+        config: ``SessionConfig`` for sessions this client creates.
+        worker_factory: model factory for the worker (instead of ``worker.model``).
+        transport: another transport (e.g. HTTP, later); the Ray options are then unused.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        kind: SessionKind = "robot",
+        store: StoreSpec | str = "local",
+        worker: WorkerSpec | None = None,
+        config: SessionConfig | None = None,
+        worker_factory: ModelFactory | None = None,
+        ray_namespace: str | None = None,
+        detached: bool = False,
+        timeout_s: float = 120.0,
+        transport: Transport | None = None,
+    ) -> None:
+        super().__init__(namespace, kind)
+        self.transport: Transport = transport or _ray_transport(
+            store, worker, config, worker_factory, ray_namespace, detached, timeout_s
+        )
+
+    def step(
+        self,
+        session_id: str | SessionId,
+        step_id: int,
+        input_ids: Sequence[int],
+        prefix_len: int,
+        t: float | None = None,
+        choices: Sequence[Sequence[int]] | None = None,
+        top_k: int = 8,
+    ) -> StepResponse:
+        """One control step; see ``StepRequest`` and ``StepResponse``."""
+        session = self.session_id(session_id)
+        payload = self._step_request(step_id, input_ids, prefix_len, t, choices, top_k)
+        return StepResponse.model_validate(self.transport.call(session, "step", payload))
+
+    def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
+        """Start a new episode (empty memory; step ids from 0)."""
+        payload = ResetRequest(reason=reason).model_dump(mode="json")
+        result = self.transport.call(self.session_id(session_id), "reset", payload)
+        return ResetResponse.model_validate(result)
+
+    def elapsed(self, session_id: str | SessionId) -> ElapsedResponse:
+        """Seconds since the session's last step and since its episode began."""
+        result = self.transport.call(self.session_id(session_id), "elapsed", None)
+        return ElapsedResponse.model_validate(result)
+
+    def summary(self, session_id: str | SessionId) -> SessionSummary:
+        result = self.transport.call(self.session_id(session_id), "summary", None)
+        return SessionSummary.model_validate(result)
+
+    def metrics(self, session_id: str | SessionId) -> dict[str, int]:
+        return dict(self.transport.call(self.session_id(session_id), "metrics", None))
+
+    def flush(self, session_id: str | SessionId) -> bool:
+        """Wait until every answered step of the session is committed to the store."""
+        return bool(self.transport.call(self.session_id(session_id), "flush", None))
+
+
+class AsyncTempomemClient(_ClientBase):
+    """``TempomemClient`` for asyncio code: the same methods, awaited. Same arguments."""
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        kind: SessionKind = "robot",
+        store: StoreSpec | str = "local",
+        worker: WorkerSpec | None = None,
+        config: SessionConfig | None = None,
+        worker_factory: ModelFactory | None = None,
+        ray_namespace: str | None = None,
+        detached: bool = False,
+        timeout_s: float = 120.0,
+        transport: AsyncTransport | None = None,
+    ) -> None:
+        super().__init__(namespace, kind)
+        self.transport: AsyncTransport = transport or AsyncRayTransport(
+            _ray_transport(
+                store, worker, config, worker_factory, ray_namespace, detached, timeout_s
+            )
+        )
+
+    async def step(
+        self,
+        session_id: str | SessionId,
+        step_id: int,
+        input_ids: Sequence[int],
+        prefix_len: int,
+        t: float | None = None,
+        choices: Sequence[Sequence[int]] | None = None,
+        top_k: int = 8,
+    ) -> StepResponse:
+        session = self.session_id(session_id)
+        payload = self._step_request(step_id, input_ids, prefix_len, t, choices, top_k)
+        return StepResponse.model_validate(await self.transport.call(session, "step", payload))
+
+    async def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
+        payload = ResetRequest(reason=reason).model_dump(mode="json")
+        result = await self.transport.call(self.session_id(session_id), "reset", payload)
+        return ResetResponse.model_validate(result)
+
+    async def elapsed(self, session_id: str | SessionId) -> ElapsedResponse:
+        result = await self.transport.call(self.session_id(session_id), "elapsed", None)
+        return ElapsedResponse.model_validate(result)
+
+    async def summary(self, session_id: str | SessionId) -> SessionSummary:
+        result = await self.transport.call(self.session_id(session_id), "summary", None)
+        return SessionSummary.model_validate(result)
+
+    async def flush(self, session_id: str | SessionId) -> bool:
+        return bool(await self.transport.call(self.session_id(session_id), "flush", None))

@@ -1,0 +1,577 @@
+"""``SessionActor``: one Ray actor per robot or agent session; it owns the session's memory.
+
+Naming and lifetime. The actor is named ``tempomem/{kind}/{namespace}/{id}`` inside the
+deployment's Ray namespace, created with ``get_if_exists=True`` (every client reaches the same
+actor) and ``max_restarts=-1``. A restart re-runs ``__init__``, which restores the session from
+the store: key ``session/{kind}/{id}`` in a store whose namespace is the tenant namespace.
+
+Steps. ``step(request)`` with a ``step_id`` at or below the last one answered returns the stored
+response with ``replayed=True`` and changes nothing (a retried step is never applied twice);
+otherwise the shared ``PolicyWorker`` runs it on the session's memory and the actor adopts the
+new memory. Step ids restart from 0 after ``reset()`` (a new episode).
+
+Durability (write-behind with a bounded lag). After each step a full snapshot (memory, last
+step id, the last ``replay_window`` responses, episode, times) is handed to a writer thread;
+snapshots coalesce, so the store receives the newest one. "Committed" means *written to the
+store*; only committed steps survive an actor restart. Bound: when more than ``max_lag_steps``
+answered steps, or a step older than ``max_lag_s``, would be uncommitted, ``step`` waits for the
+write before answering. So at most ``max_lag_steps`` steps (default 2) are lost if the actor
+dies; ``max_lag_steps=0`` is write-through (every answered step is committed, and the response
+says ``committed=True``). After a restart the controller re-sends the steps after
+``summary().committed_step_id``; they are applied then, as new steps.
+
+Degradation. When the store is unavailable (a write or the restore fails with
+``StoreUnavailable``), steps go on *memoryless*: the worker runs them on an empty memory
+(present-only), their frames are not remembered, the session's memory stays as last computed
+while healthy, and responses carry ``degraded=True``; ``metrics()["degraded_steps"]`` counts
+them. No exception reaches the controller because memory is down. A degraded session re-checks
+the store at most every ``probe_interval_s``; when it answers, the actor first restores from it
+if ``__init__`` could not, writes its pending snapshot, and steps use memory again.
+
+Store backends (``StoreSpec.url``): a ``redis://`` URL for anything that must survive an actor
+restart. ``"local"`` is an in-process ``LocalStore``: it lives and dies with the actor's worker
+process, so with it a restarted actor comes back EMPTY (no memory, step ids from scratch). Use
+it for single-process development only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import ray
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable
+from kv_store.base import BaseStore
+from services.policy_worker import (
+    ModelFactory,
+    StepOutput,
+    WorkerSpec,
+    pack_state,
+    unpack_state,
+    worker_handle,
+)
+from services.schemas import (
+    ElapsedResponse,
+    ResetRequest,
+    ResetResponse,
+    SessionId,
+    SessionSummary,
+    StepRequest,
+    StepResponse,
+    Timing,
+)
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = "tempomem.session/1"
+_MEMORY_PREFIX = "mem/"
+
+
+class StoreSpec(BaseModel):
+    """Where session records live: ``"local"`` (per process; see the module docstring) or a
+    ``redis://`` URL. The namespace is not part of the spec: it is always the tenant's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(default="local", pattern=r"^(local|rediss?://\S+)$")
+    socket_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=30,
+        description="Redis command timeout: bounds how long a hung store can stall a step.",
+    )
+    ttl_s: float | None = Field(
+        default=None, gt=0, description="Session records expire this long after their last write."
+    )
+
+    def build(self, namespace: str) -> BaseStore:
+        """A store confined to the tenant ``namespace``."""
+        if self.url == "local":
+            return LocalStore(namespace=namespace)
+        return RedisStore(self.url, namespace=namespace, socket_timeout_s=self.socket_timeout_s)
+
+
+class SessionConfig(BaseModel):
+    """Bounds of a session actor's write-behind, replay window and store probing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_lag_steps: int = Field(
+        default=2, ge=0, le=1024, description="Most answered steps not yet in the store."
+    )
+    max_lag_s: float = Field(
+        default=1.0, ge=0, le=3600, description="Oldest answered step not yet in the store."
+    )
+    replay_window: int = Field(
+        default=16, ge=1, le=1024, description="Recent responses kept for replayed step ids."
+    )
+    probe_interval_s: float = Field(
+        default=0.5, ge=0, le=600, description="How often a degraded session re-checks the store."
+    )
+    worker_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for the policy worker per step."
+    )
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything one store write needs; immutable once handed to the writer."""
+
+    version: int
+    step_id: int | None
+    memory: bytes | None
+    meta: dict[str, Any]
+
+
+class _WriteBehind:
+    """A writer thread that commits the newest snapshot; coalesces, never reorders."""
+
+    def __init__(self, store: BaseStore, key: str, ttl_s: float | None) -> None:
+        self.store, self.key, self.ttl_s = store, key, ttl_s
+        self.cond = threading.Condition()
+        self.pending: _Snapshot | None = None
+        self.inflight = False
+        self.available = True
+        self.committed_version = 0
+        self.committed_step_id: int | None = None
+        self.oldest_pending_at: float | None = None
+        self.writes = 0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._loop, name="tempomem-write-behind")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def submit(self, snapshot: _Snapshot) -> None:
+        with self.cond:
+            self.pending = snapshot
+            if self.oldest_pending_at is None:
+                self.oldest_pending_at = time.monotonic()
+            self.cond.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the newest snapshot is written; False if the store failed or timed out."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while (self.pending is not None or self.inflight) and self.available:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return self.pending is None and not self.inflight
+
+    def resume(self) -> None:
+        """The store answers again: let the thread retry the pending snapshot."""
+        with self.cond:
+            self.available = True
+            self.cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while self.pending is None or not self.available:
+                    self.cond.wait()
+                snapshot, self.pending, self.inflight = self.pending, None, True
+            ok = self._write(snapshot)
+            with self.cond:
+                self.inflight = False
+                if ok:
+                    self.writes += 1
+                    self.committed_version = max(self.committed_version, snapshot.version)
+                    if self.committed_version == snapshot.version:
+                        self.committed_step_id = snapshot.step_id
+                    if self.pending is None:
+                        self.oldest_pending_at = None
+                else:
+                    self.failures += 1
+                    self.available = False
+                    if self.pending is None:
+                        self.pending = snapshot  # keep it for when the store is back
+                self.cond.notify_all()
+
+    def _write(self, snapshot: _Snapshot) -> bool:
+        try:
+            tensors: dict[str, torch.Tensor] = {}
+            meta = dict(snapshot.meta)
+            meta["memory"] = None
+            if snapshot.memory is not None:
+                state = unpack_state(snapshot.memory)
+                tensors = {
+                    _MEMORY_PREFIX + k: v for k, v in state.items() if isinstance(v, torch.Tensor)
+                }
+                meta["memory"] = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+            self.store.put_tensors(self.key, tensors, meta=meta, ttl_s=self.ttl_s)
+            return True
+        except StoreUnavailable as err:
+            log.warning("session write to %s failed, store unavailable: %s", self.key, err)
+            return False
+        except Exception:  # a bug or an oversized record must not kill the writer thread
+            log.exception("session write to %s failed", self.key)
+            return False
+
+
+class SessionActor:
+    """The memory of one robot or agent session (use as a Ray actor; see ``session_handle``).
+
+    Args:
+        session_id: ``SessionId`` (or its dict).
+        store: ``StoreSpec`` (or its dict); its namespace is ``session_id.namespace``.
+        worker: ``WorkerSpec`` of the shared policy worker (or its dict).
+        config: ``SessionConfig`` (or its dict).
+        ray_namespace: Ray namespace of the named worker actor.
+        worker_factory: optional model factory for the worker (see ``PolicyWorker``).
+    """
+
+    def __init__(
+        self,
+        session_id: SessionId | Mapping[str, Any],
+        store: StoreSpec | Mapping[str, Any] | None = None,
+        worker: WorkerSpec | Mapping[str, Any] | None = None,
+        config: SessionConfig | Mapping[str, Any] | None = None,
+        ray_namespace: str = "tempomem",
+        worker_factory: ModelFactory | None = None,
+    ) -> None:
+        self.session_id = SessionId.model_validate(session_id)
+        self.store_spec = StoreSpec.model_validate(store or {})
+        self.worker_spec = WorkerSpec.model_validate(worker or {})
+        self.config = SessionConfig.model_validate(config or {})
+        self._worker = worker_handle(
+            self.worker_spec, ray_namespace=ray_namespace, factory=worker_factory
+        )
+        self._store = self.store_spec.build(self.session_id.namespace)
+        self._key = self.session_id.store_key
+        self._writer = _WriteBehind(self._store, self._key, self.store_spec.ttl_s)
+
+        self._memory: bytes | None = None
+        self._frames = 0
+        self._episode = 0
+        self._last_step_id: int | None = None
+        self._responses: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._last_step_wall: float | None = None
+        self._reset_wall = time.time()
+        self._version = 0
+        self._reset_since_start = False
+        self._last_probe = 0.0
+        self.restored = False
+        self._metrics: dict[str, int] = {
+            "steps": 0,
+            "replayed": 0,
+            "degraded_steps": 0,
+            "sync_writes": 0,
+            "store_unavailable": 0,
+            "recoveries": 0,
+            "restore_errors": 0,
+        }
+        self._needs_restore = True
+        try:
+            self._restore()
+        except StoreUnavailable as err:
+            log.warning("%s: store unavailable at start, running degraded: %s", self._key, err)
+            self._metrics["store_unavailable"] += 1
+            self._set_unavailable()
+        except (CorruptRecord, ValueError):
+            # Failing here would restart the actor forever; start empty, loudly instead. The
+            # unreadable record is replaced by the next write.
+            log.exception("%s: stored session record is unreadable; starting empty", self._key)
+            self._metrics["restore_errors"] += 1
+            self._needs_restore = False
+
+    # ---------------------------------------------------------------------------- public API
+
+    def step(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer one step (a JSON dict of ``StepResponse``); see the module docstring."""
+        start = time.perf_counter()
+        req = StepRequest.model_validate(request)
+        healthy = self._store_usable()
+        if self._last_step_id is not None and req.step_id <= self._last_step_id:
+            return self._replay(req.step_id)
+        output, new_memory, worker_ms = self._run_worker(req, healthy)
+        if healthy:
+            self._memory = new_memory
+            self._frames = output.frames_after
+        else:
+            self._metrics["degraded_steps"] += 1
+        self._metrics["steps"] += 1
+        self._last_step_id = req.step_id
+        self._last_step_wall = time.time()
+        committed = False
+        store_ms = 0.0
+        response = self._response(req.step_id, output, degraded=not healthy)
+        if healthy:
+            before_store = time.perf_counter()
+            committed = self._commit(response, req.step_id)
+            store_ms = (time.perf_counter() - before_store) * 1e3
+        timing = Timing(
+            model_ms=output.model_ms,
+            state_ms=output.state_ms,
+            worker_ms=worker_ms,
+            store_ms=store_ms,
+            total_ms=(time.perf_counter() - start) * 1e3,
+        )
+        response = response.model_copy(update={"timing": timing, "committed": committed})
+        self._remember(req.step_id, response)
+        return response.model_dump(mode="json")
+
+    def reset(self, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Start a new episode: empty memory, step ids from 0; written to the store at once."""
+        ResetRequest.model_validate(request or {})
+        healthy = self._store_usable()
+        self._memory = None
+        self._frames = 0
+        self._episode += 1
+        self._last_step_id = None
+        self._responses.clear()
+        self._last_step_wall = None
+        self._reset_wall = time.time()
+        self._reset_since_start = True
+        # Submitted even when the store is down: the writer holds it until the store is back,
+        # so a reset during an outage is never undone by an older pending snapshot.
+        self._writer.submit(self._snapshot())
+        committed = healthy and self._writer.flush(self._flush_timeout())
+        response = ResetResponse(
+            session_id=str(self.session_id), episode=self._episode, degraded=not committed
+        )
+        return response.model_dump(mode="json")
+
+    def elapsed(self) -> dict[str, Any]:
+        """Seconds since the last step and since the episode began (host wall clock)."""
+        now = time.time()
+        since_step = None if self._last_step_wall is None else now - self._last_step_wall
+        return ElapsedResponse(
+            session_id=str(self.session_id),
+            since_last_step_s=since_step,
+            since_reset_s=now - self._reset_wall,
+            last_step_id=self._last_step_id,
+        ).model_dump(mode="json")
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait for the write-behind; True when every answered step is committed."""
+        if not self._store_usable():
+            return False
+        return self._writer.flush(timeout_s)
+
+    def summary(self) -> dict[str, Any]:
+        """What this actor holds now (``SessionSummary`` as a dict)."""
+        with self._writer.cond:
+            pending = self._writer.pending is not None or self._writer.inflight
+            committed_step = self._writer.committed_step_id
+            lag = self._version - self._writer.committed_version if pending else 0
+        return SessionSummary(
+            session_id=str(self.session_id),
+            episode=self._episode,
+            last_step_id=self._last_step_id,
+            committed_step_id=committed_step,
+            frames_in_memory=self._frames,
+            degraded=not self._writer.available or self._needs_restore,
+            pending_writes=lag,
+            restored=self.restored,
+            store=self.store_spec.url,
+        ).model_dump(mode="json")
+
+    def metrics(self) -> dict[str, int]:
+        """Counters: steps, replayed, degraded_steps, writes, write_failures, sync_writes,
+        store_unavailable, recoveries."""
+        with self._writer.cond:
+            return {
+                **self._metrics,
+                "writes": self._writer.writes,
+                "write_failures": self._writer.failures,
+            }
+
+    # ---------------------------------------------------------------------------- internals
+
+    def _run_worker(
+        self, req: StepRequest, healthy: bool
+    ) -> tuple[StepOutput, bytes | None, float]:
+        before = time.perf_counter()
+        memory = self._memory if healthy else None
+        ref = self._worker.step.remote(memory, req.model_dump(mode="json"))
+        output_dict, new_memory = ray.get(ref, timeout=self.config.worker_timeout_s)
+        worker_ms = (time.perf_counter() - before) * 1e3
+        return StepOutput.model_validate(output_dict), new_memory, worker_ms
+
+    def _response(self, step_id: int, output: StepOutput, degraded: bool) -> StepResponse:
+        return StepResponse(
+            step_id=step_id,
+            session_id=str(self.session_id),
+            degraded=degraded,
+            episode=self._episode,
+            frames_in_memory=output.frames_in_memory,
+            top_k_ids=output.top_k_ids,
+            top_k_logits=output.top_k_logits,
+            choice_scores=output.choice_scores,
+        )
+
+    def _remember(self, step_id: int, response: StepResponse) -> None:
+        self._responses[step_id] = response.model_dump(mode="json")
+        while len(self._responses) > self.config.replay_window:
+            self._responses.popitem(last=False)
+
+    def _replay(self, step_id: int) -> dict[str, Any]:
+        stored = self._responses.get(step_id)
+        if stored is None:
+            kept = f"{min(self._responses)}..{max(self._responses)}" if self._responses else "none"
+            raise ValueError(
+                f"step_id {step_id} was already applied (last step id {self._last_step_id}) and "
+                f"is outside the replay window (kept: {kept}); send step ids in increasing order"
+            )
+        self._metrics["replayed"] += 1
+        return {**stored, "replayed": True}
+
+    def _commit(self, response: StepResponse, step_id: int) -> bool:
+        """Hand the new state to the writer; wait for it when over the lag bound."""
+        # The snapshot carries this response for replays; whoever reads it from the store reads
+        # a committed step.
+        self._remember(step_id, response.model_copy(update={"committed": True}))
+        self._writer.submit(self._snapshot())
+        with self._writer.cond:
+            lag_steps = self._version - self._writer.committed_version
+            oldest = self._writer.oldest_pending_at
+        too_old = oldest is not None and time.monotonic() - oldest > self.config.max_lag_s
+        if lag_steps > self.config.max_lag_steps or too_old:
+            self._metrics["sync_writes"] += 1
+            return self._writer.flush(self._flush_timeout())
+        return False
+
+    def _snapshot(self) -> _Snapshot:
+        self._version += 1
+        meta = {
+            "format": RECORD_FORMAT,
+            "session_id": str(self.session_id),
+            "episode": self._episode,
+            "last_step_id": self._last_step_id,
+            "frames": self._frames,
+            "last_step_wall": self._last_step_wall,
+            "reset_wall": self._reset_wall,
+            "responses": {str(k): v for k, v in self._responses.items()},
+        }
+        return _Snapshot(self._version, self._last_step_id, self._memory, meta)
+
+    def _flush_timeout(self) -> float:
+        return 4 * self.store_spec.socket_timeout_s + 1.0
+
+    def _set_unavailable(self) -> None:
+        with self._writer.cond:
+            self._writer.available = False
+        self._last_probe = time.monotonic()
+
+    def _store_usable(self) -> bool:
+        """True if steps may use memory now; probes a degraded store (rate-limited) and, when
+        it answers, restores (if ``__init__`` could not) and writes the pending snapshot."""
+        with self._writer.cond:
+            available = self._writer.available
+        if available and not self._needs_restore:
+            return True
+        now = time.monotonic()
+        if now - self._last_probe < self.config.probe_interval_s:
+            return False
+        self._last_probe = now
+        try:
+            self._store.ping()
+            if self._needs_restore:
+                self._restore()
+        except StoreUnavailable:
+            self._metrics["store_unavailable"] += 1
+            return False
+        self._writer.resume()
+        if not self._writer.flush(self._flush_timeout()):
+            return False
+        self._metrics["recoveries"] += 1
+        return True
+
+    def _restore(self) -> None:
+        """Load the session record; merge with what this actor answered while it could not."""
+        record = self._store.get_tensors(self._key)
+        self._needs_restore = False
+        if record is None or self._reset_since_start:
+            if self._reset_since_start:  # a reset during the outage wins over the old record
+                self._writer.submit(self._snapshot())
+            return
+        tensors, meta = record
+        if meta.get("format") != RECORD_FORMAT:
+            raise ValueError(f"record {self._key!r} is not a {RECORD_FORMAT} record")
+        plain = meta.get("memory")
+        memory: bytes | None = None
+        if plain is not None:
+            state = {k.removeprefix(_MEMORY_PREFIX): v for k, v in tensors.items()}
+            memory = pack_state({**plain, **state})
+        degraded_answers = dict(self._responses)
+        self._memory = memory
+        self._frames = int(meta.get("frames", 0))
+        self._episode = int(meta.get("episode", 0))
+        stored_last = meta.get("last_step_id")
+        last_ids = [i for i in (stored_last, self._last_step_id) if i is not None]
+        self._last_step_id = max(last_ids) if last_ids else None
+        self._responses = OrderedDict(
+            sorted(
+                [(int(k), v) for k, v in meta.get("responses", {}).items()]
+                + list(degraded_answers.items())
+            )
+        )
+        while len(self._responses) > self.config.replay_window:
+            self._responses.popitem(last=False)
+        self._last_step_wall = meta.get("last_step_wall") or self._last_step_wall
+        self._reset_wall = float(meta.get("reset_wall", self._reset_wall))
+        with self._writer.cond:
+            self._writer.committed_step_id = stored_last
+        self.restored = True
+        if degraded_answers:
+            self._writer.submit(self._snapshot())
+
+
+def session_handle(
+    session_id: SessionId,
+    *,
+    ray_namespace: str,
+    store: StoreSpec,
+    worker: WorkerSpec,
+    config: SessionConfig | None = None,
+    worker_factory: ModelFactory | None = None,
+    detached: bool = False,
+    max_task_retries: int = 3,
+) -> Any:
+    """The session's named actor, created on first use (``get_if_exists=True``).
+
+    ``max_task_retries`` applies to ``step`` (idempotent per step id, so a step that was running
+    when the actor died is safely re-run after the restart); ``reset`` is never retried.
+    ``detached=True`` lets the session outlive the driver that created it (deployments).
+    """
+    actor_cls: Callable[..., Any] = ray.remote(_RaySessionActor)
+    options: dict[str, Any] = {
+        "name": session_id.actor_name,
+        "namespace": ray_namespace,
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": max_task_retries,
+        "max_concurrency": 1,
+        "num_cpus": 0,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return actor_cls.options(**options).remote(  # type: ignore[attr-defined]
+        session_id.model_dump(mode="json"),
+        store.model_dump(mode="json"),
+        worker.model_dump(mode="json"),
+        (config or SessionConfig()).model_dump(mode="json"),
+        ray_namespace,
+        worker_factory,
+    )
+
+
+def _ray_method(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return cast(Callable[[Callable[..., Any]], Callable[..., Any]], ray.method(**options))
+
+
+class _RaySessionActor(SessionActor):
+    """``SessionActor`` with Ray per-method options: ``reset`` is not retried (not idempotent)."""
+
+    @_ray_method(max_task_retries=0)
+    def reset(self, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return super().reset(request)

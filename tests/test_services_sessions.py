@@ -1,0 +1,314 @@
+"""Session actors on a real Ray cluster and a real redis-server (issue 6, part A).
+
+One Ray instance for the module (``ray.init(num_cpus=2, include_dashboard=False)``, shut down
+at the end). Sessions share one ``PolicyWorker`` actor hosting a tiny random LLaMA, so the
+model is loaded once; each test kills the session actors it created when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Iterator
+
+import pydantic
+import pytest
+import ray
+
+from kv_store import RedisStore
+from kv_store.redis_server import LocalRedisServer
+from memory import TempoFitConfig
+from services.client import AsyncTempomemClient, TempomemClient
+from services.policy_worker import WorkerSpec
+from services.schemas import SessionId, StepRequest, StepResponse
+from services.session import SessionConfig, StoreSpec
+
+RAY_NAMESPACE = f"tempomem-test-{uuid.uuid4().hex[:8]}"
+WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=4))
+PREFIX = 8
+CHOICES = [[3, 4], [5], [6, 7, 8]]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    ray.init(num_cpus=2, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def sessions(ray_cluster: None) -> Iterator[list[SessionId]]:
+    """Sessions a test registers here are killed (for good) when it ends."""
+    created: list[SessionId] = []
+    yield created
+    for session in created:
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(session.actor_name, namespace=RAY_NAMESPACE))
+
+
+def _tokens(step: int) -> list[int]:
+    """The observation of step ``step``: deterministic, different per step."""
+    return [(7 * step + 3 * i) % 120 + 1 for i in range(PREFIX + 4)]
+
+
+def _step(client: TempomemClient, session: str, step: int) -> StepResponse:
+    return client.step(session, step, _tokens(step), PREFIX, choices=CHOICES)
+
+
+def _same_answer(a: StepResponse, b: StepResponse) -> bool:
+    assert a.choice_scores is not None and b.choice_scores is not None
+    pairs = [
+        *zip(a.top_k_logits, b.top_k_logits, strict=True),
+        *zip(a.choice_scores, b.choice_scores, strict=True),
+    ]
+    return a.top_k_ids == b.top_k_ids and all(math.isclose(x, y, abs_tol=1e-5) for x, y in pairs)
+
+
+def _register(created: list[SessionId], client: TempomemClient | AsyncTempomemClient, name: str):
+    created.append(client.session_id(name))
+    return name
+
+
+def _kill_and_wait_for_restart(client: TempomemClient, name: str) -> None:
+    """SIGKILL-like ``ray.kill`` of a session actor (restart allowed); return once the new
+    incarnation answers (it says ``restored``: the killed one had started empty)."""
+    assert not client.summary(name).restored
+    handle = ray.get_actor(client.session_id(name).actor_name, namespace=RAY_NAMESPACE)
+    ray.kill(handle, no_restart=False)
+    deadline = time.monotonic() + 60
+    while not client.summary(name).restored:
+        assert time.monotonic() < deadline, "the session actor did not come back"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def test_malformed_requests_are_errors_naming_the_field(sessions: list[SessionId]) -> None:
+    def field_of(err: pydantic.ValidationError) -> tuple:
+        return tuple(err.errors()[0]["loc"])
+
+    cases = [
+        ({"step_id": -1, "input_ids": [1], "prefix_len": 1}, ("step_id",)),
+        ({"step_id": 0, "input_ids": [], "prefix_len": 1}, ("input_ids",)),
+        ({"step_id": 0, "input_ids": [1, -5], "prefix_len": 1}, ("input_ids", 1)),
+        ({"step_id": 0, "input_ids": [1] * 9000, "prefix_len": 1}, ("input_ids",)),
+        ({"step_id": 0, "input_ids": [1, 2], "prefix_len": 3}, ("prefix_len",)),
+        ({"step_id": 0, "input_ids": [1], "prefix_len": 1, "choices": [[]]}, ("choices", 0)),
+        ({"step_id": 0, "input_ids": [1], "prefix_len": 1, "t": float("nan")}, ("t",)),
+        ({"step_id": "0", "input_ids": [1], "prefix_len": 1}, ("step_id",)),
+        ({"step_id": 0, "input_ids": [1], "prefix_len": 1, "prefixlen": 1}, ("prefixlen",)),
+    ]
+    for payload, loc in cases:
+        with pytest.raises(pydantic.ValidationError) as info:
+            StepRequest.model_validate(payload)
+        assert field_of(info.value) == loc, payload
+    with pytest.raises(pydantic.ValidationError) as info:
+        SessionId(kind="robot", namespace="tenant a", id="r1")
+    assert field_of(info.value) == ("namespace",)
+    with pytest.raises(pydantic.ValidationError) as info:
+        SessionId(kind="drone", namespace="t", id="r1")
+    assert field_of(info.value) == ("kind",)
+
+    client = TempomemClient("tenant-v", worker=WORKER)
+    with pytest.raises(pydantic.ValidationError, match="prefix_len"):
+        client.step("r1", 0, [1, 2, 3], prefix_len=4)  # rejected before anything is sent
+    with pytest.raises(pydantic.ValidationError, match="id"):
+        client.step("bad/id", 0, [1, 2, 3], prefix_len=2)
+    # Token ids beyond the model's vocabulary: the worker names the field; the session lives on.
+    name = _register(sessions, client, "r1")
+    with pytest.raises(ValueError, match=r"input_ids\[1\]"):
+        client.step(name, 0, [1, 500, 3], prefix_len=2)
+    # The actor validates raw payloads too (requests from other transports).
+    handle = ray.get_actor(client.session_id(name).actor_name, namespace=RAY_NAMESPACE)
+    with pytest.raises(Exception, match="prefix_len"):
+        ray.get(handle.step.remote({"step_id": 0, "input_ids": [1], "prefix_len": 2}))
+    assert client.step(name, 0, _tokens(0), PREFIX).frames_in_memory == 0
+
+
+# ------------------------------------------------------------------------------ idempotency
+
+
+def test_replayed_step_id_returns_stored_response_and_is_not_applied(
+    sessions: list[SessionId],
+) -> None:
+    client = TempomemClient("tenant-r", worker=WORKER)
+    name = _register(sessions, client, "r1")
+    answers = [_step(client, name, i) for i in range(3)]
+    assert [a.frames_in_memory for a in answers] == [0, 1, 2]
+    assert not any(a.replayed or a.degraded for a in answers)
+    before = client.summary(name)
+
+    replay = client.step(name, 1, _tokens(1), PREFIX, choices=CHOICES)
+    assert replay.replayed and replay.step_id == 1
+    assert replay.choice_scores == answers[1].choice_scores
+    assert replay.top_k_logits == answers[1].top_k_logits
+    after = client.summary(name)
+    assert after.frames_in_memory == before.frames_in_memory == 3
+    assert after.last_step_id == 2
+    metrics = client.metrics(name)
+    assert metrics["steps"] == 3 and metrics["replayed"] == 1
+
+    assert _step(client, name, 3).frames_in_memory == 3  # the next new step is applied
+    elapsed = client.elapsed(name)
+    assert elapsed.last_step_id == 3
+    assert elapsed.since_last_step_s is not None and 0 <= elapsed.since_last_step_s < 30
+
+    reset = client.reset(name)
+    assert reset.episode == 1 and not reset.degraded
+    fresh = _step(client, name, 0)  # step ids start over in the new episode
+    assert not fresh.replayed and fresh.frames_in_memory == 0 and fresh.episode == 1
+    assert client.elapsed(name).since_last_step_s is not None
+
+
+# ------------------------------------------------------------------------------ restarts
+
+
+def test_killed_session_actor_restarts_with_every_committed_step(
+    sessions: list[SessionId], redis_server: LocalRedisServer
+) -> None:
+    tenant = f"tenant-k{uuid.uuid4().hex[:6]}"
+    through = TempomemClient(
+        tenant, store=redis_server.url, worker=WORKER, config=SessionConfig(max_lag_steps=0)
+    )
+    victim = _register(sessions, through, "victim")
+    steady = _register(sessions, through, "steady")
+    for i in range(4):  # past capacity 4: the restored ring position matters too
+        committed = _step(through, victim, i)
+        assert committed.committed  # write-through: answered == committed
+        _step(through, steady, i)
+
+    _kill_and_wait_for_restart(through, victim)
+
+    # The replayed last step comes back from the store; the next step matches a session that
+    # never died.
+    replay = _step(through, victim, 3)
+    assert replay.replayed and replay.step_id == 3 and replay.committed
+    summary = through.summary(victim)
+    assert summary.restored and summary.last_step_id == 3 and summary.frames_in_memory == 4
+    for i in (4, 5):
+        restarted, uninterrupted = _step(through, victim, i), _step(through, steady, i)
+        assert not restarted.replayed and restarted.frames_in_memory == 4
+        assert _same_answer(restarted, uninterrupted)
+    assert through.metrics(victim)["steps"] == 2  # counters are per actor incarnation
+
+    # Write-behind (the default): only committed steps come back; the controller re-sends the
+    # rest, which are then applied as new steps and still match.
+    behind = TempomemClient(
+        tenant, store=redis_server.url, worker=WORKER, config=SessionConfig(max_lag_steps=2)
+    )
+    lagging = _register(sessions, behind, "lagging")
+    for i in range(6):
+        _step(behind, lagging, i)
+    assert behind.flush(lagging)
+    _kill_and_wait_for_restart(behind, lagging)
+    summary = behind.summary(lagging)
+    assert summary.restored and summary.committed_step_id == summary.last_step_id == 5
+    assert _same_answer(_step(behind, lagging, 6), _step(through, steady, 6))
+
+
+# ------------------------------------------------------------------------------ degradation
+
+
+def test_store_outage_degrades_to_memoryless_then_writes_resume(
+    sessions: list[SessionId], private_redis: LocalRedisServer
+) -> None:
+    tenant = f"tenant-d{uuid.uuid4().hex[:6]}"
+    client = TempomemClient(
+        tenant,
+        store=StoreSpec(url=private_redis.url, socket_timeout_s=0.5),
+        worker=WORKER,
+        config=SessionConfig(max_lag_steps=0, probe_interval_s=0.0),
+    )
+    name = _register(sessions, client, "r1")
+    for i in range(2):
+        assert _step(client, name, i).committed
+
+    private_redis.kill()
+    answers = [_step(client, name, i) for i in range(2, 6)]  # no exception reaches us
+    # The step that found the store gone ran with memory (but is not committed); every later
+    # step runs memoryless and says so.
+    assert not answers[0].committed and answers[0].frames_in_memory == 2
+    assert all(a.degraded and a.frames_in_memory == 0 for a in answers[1:])
+    assert client.metrics(name)["degraded_steps"] == 3
+    assert client.summary(name).degraded
+
+    private_redis.start()  # an empty server (persistence off): the session writes itself back
+    back = _step(client, name, 6)
+    assert not back.degraded and back.committed
+    assert back.frames_in_memory == 3  # steps 0-2 ran with memory; degraded ones were not kept
+    metrics = client.metrics(name)
+    assert metrics["recoveries"] == 1 and metrics["degraded_steps"] == 3
+    store = RedisStore(private_redis.url, namespace=tenant)
+    try:
+        record = store.get_tensors(client.session_id(name).store_key)
+        assert record is not None and record[1]["last_step_id"] == 6
+        assert any(key.startswith("mem/") for key in record[0])
+    finally:
+        store.close()
+    assert not client.summary(name).degraded
+
+
+# ------------------------------------------------------------------------------ tenancy
+
+
+def test_tenants_cannot_read_each_others_sessions(
+    sessions: list[SessionId], redis_server: LocalRedisServer
+) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    a = TempomemClient(f"tenant-a{suffix}", store=redis_server.url, worker=WORKER)
+    b = AsyncTempomemClient(f"tenant-b{suffix}", store=redis_server.url, worker=WORKER)
+    shared = _register(sessions, a, "shared")
+    _register(sessions, b, "shared")
+    for i in range(3):
+        _step(a, shared, i)
+        assert a.flush(shared)
+
+    async def tenant_b() -> StepResponse:
+        answer = await b.step(shared, 0, _tokens(0), PREFIX, choices=CHOICES)
+        assert await b.flush(shared)
+        return answer
+
+    answer_b = asyncio.run(tenant_b())
+    assert answer_b.frames_in_memory == 0  # B's "shared" is not A's "shared"
+    assert a.summary(shared).frames_in_memory == 3
+
+    # A client of tenant A cannot address B's sessions; the actors and keys are B's own.
+    other = b.session_id(shared)
+    with pytest.raises(PermissionError, match="namespace"):
+        a.step(other, 1, _tokens(1), PREFIX)
+    assert a.session_id(shared).actor_name != other.actor_name
+    view_a = RedisStore(redis_server.url, namespace=a.namespace)
+    view_b = RedisStore(redis_server.url, namespace=b.namespace)
+    try:
+        rec_a = view_a.get_tensors(other.store_key)
+        rec_b = view_b.get_tensors(other.store_key)
+        assert rec_a is not None and rec_b is not None  # same key, two namespaces
+        assert rec_a[1]["last_step_id"] == 2 and rec_b[1]["last_step_id"] == 0
+        assert rec_a[1]["session_id"].split("/")[1] == a.namespace
+    finally:
+        view_a.close()
+        view_b.close()
+
+
+# ------------------------------------------------------------------------------ real model
+
+
+@pytest.mark.slow
+def test_session_step_on_smollm2(sessions: list[SessionId]) -> None:
+    smollm2 = WorkerSpec(model="smollm2", tempofit=TempoFitConfig(layers=[6, 9], capacity=4))
+    client = TempomemClient("tenant-s", worker=smollm2)
+    name = _register(sessions, client, "r1")
+    tokens = [1, 9690, 28, 253, 2593, 1253, 30, 2, 1, 4093, 28]  # any ids < 49152
+    answers = [
+        client.step(name, i, tokens, prefix_len=8, choices=[[314], [1107, 30]]) for i in range(2)
+    ]
+    assert [a.frames_in_memory for a in answers] == [0, 1]
+    assert answers[1].choice_scores is not None
+    assert all(math.isfinite(s) and s < 0 for s in answers[1].choice_scores)
+    assert answers[0].top_k_logits != answers[1].top_k_logits  # memory changed the step
