@@ -45,6 +45,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
 
 if sys.byteorder != "little":  # pragma: no cover - every platform torch ships wheels for
     raise ImportError("kv_store.codec assumes a little-endian host")
@@ -178,17 +179,26 @@ def decode_record(
         )
     if xxhash.xxh3_64_intdigest(payload) != payload_hash:
         raise CorruptRecord("record payload checksum mismatch")
+    # One writable copy of the whole payload (one allocation, whatever the tensor count);
+    # tensors are views into it.
+    owned = (
+        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        if payload.nbytes
+        else torch.empty(0, dtype=torch.uint8)
+    )
     tensors: dict[str, torch.Tensor] = {}
     offset = 0
     for name, dtype, shape, nbytes in entries:
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        itemsize = _ITEMSIZE[dtype]
         if any(s < 0 for s in shape) or math.prod(shape) * itemsize != nbytes:
             raise CorruptRecord(f"tensor {name!r}: shape {shape} does not match {nbytes} bytes")
-        if nbytes:
-            chunk = bytearray(payload[offset : offset + nbytes])  # the one copy: writable memory
-            tensors[name] = torch.frombuffer(chunk, dtype=dtype).reshape(shape)
-        else:
+        if nbytes == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            chunk = owned[offset : offset + nbytes]
+            if offset % itemsize:  # misaligned after an odd-sized tensor: copy this one out
+                chunk = chunk.clone()
+            tensors[name] = chunk.view(dtype).reshape(shape)
         offset += nbytes
     return tensors, meta
 
