@@ -117,6 +117,18 @@ def encode_record(
     checked = check_tensors(tensors)
     plain_meta = check_meta(meta)
     check_size(tensors_nbytes(checked), max_bytes)
+    return encode_checked(checked, plain_meta, key=key, max_bytes=max_bytes)
+
+
+def encode_checked(
+    checked: Mapping[str, torch.Tensor],
+    plain_meta: dict[str, Any],
+    *,
+    key: str | None = None,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> bytes:
+    """`encode_record` for input that `check_tensors`/`check_meta` already returned (the stores
+    validate once, before anything is encoded)."""
     buffers = [_raw_bytes(t) for t in checked.values()]
     payload_hash = xxhash.xxh3_64()
     for buffer in buffers:

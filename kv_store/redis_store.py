@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from kv_store.base import BaseStore, Record, storage_name
-from kv_store.codec import decode_record, encode_record, peek_header
+from kv_store.codec import decode_record, encode_checked, peek_header
 from kv_store.errors import CorruptRecord, StoreUnavailable
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
@@ -84,7 +84,7 @@ class RedisStore(BaseStore):
     def _raw_put_many(self, records: dict[str, Record], ttl_s: float | None) -> None:
         px = None if ttl_s is None else max(1, round(ttl_s * 1000))
         encoded = {
-            self.object_key(key): encode_record(
+            self.object_key(key): encode_checked(
                 tensors, meta, key=key, max_bytes=self.max_record_bytes
             )
             for key, (tensors, meta) in records.items()
