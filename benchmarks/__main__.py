@@ -22,6 +22,7 @@ BENCHMARKS = {
     "tempofit": ("TempoFit on SmolLM2", "benchmarks.bench_tempofit", "run"),
     "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),
     "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
+    "service": ("Service overhead and load", "benchmarks.bench_service", "run"),
 }
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = """# Benchmarks

@@ -175,6 +175,183 @@ def _report_json(report: Any) -> dict[str, Any]:
 
 
 @app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 127.0.0.1 unless you mean to expose it.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+    model: Annotated[str, typer.Option(help="tiny-llama (random, for trying) or smollm2.")] = (
+        "tiny-llama"
+    ),
+    store: Annotated[
+        str,
+        typer.Option(
+            help="'embedded' (a private redis-server started here; 'local' if none is "
+            "installed), 'local' (in-process, lost on actor restarts) or a redis:// URL."
+        ),
+    ] = "embedded",
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Bearer token, as TOKEN (namespace 'default') or NAMESPACE:TOKEN; repeat for "
+            "several tenants. None: no auth, namespace from the X-Tempomem-Namespace header."
+        ),
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray.")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Most sessions per forward.")] = 8,
+    replicas: Annotated[int, typer.Option(help="Policy deployment replicas.")] = 1,
+) -> None:
+    """Serve the HTTP API: a local Ray + Ray Serve with the policy and session actors."""
+    from services.deployment import ServeSettings
+    from services.http_app import HttpSettings
+    from services.policy_worker import MODEL_NAMES, WorkerSpec
+    from services.session import StoreSpec
+
+    if model not in MODEL_NAMES:
+        console.print(f"[red]error[/]: --model must be one of {', '.join(MODEL_NAMES)}")
+        raise typer.Exit(2)
+    try:
+        tokens = parse_tokens(token or [])
+        settings = ServeSettings(
+            worker=WorkerSpec(model=model),
+            http=HttpSettings(tokens=tokens),
+            max_batch_size=max_batch_size,
+            policy_replicas=replicas,
+            store=StoreSpec(url="local" if store == "embedded" else store),
+        )
+    except ValueError as err:
+        console.print(f"[red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from err
+    run_server(settings, host=host, port=port, embedded=store == "embedded", num_cpus=num_cpus)
+
+
+def parse_tokens(values: list[str]) -> dict[str, str]:
+    """``TOKEN`` or ``NAMESPACE:TOKEN`` options as a token -> namespace map."""
+    tokens: dict[str, str] = {}
+    for value in values:
+        namespace, sep, secret = value.rpartition(":")
+        namespace = namespace if sep else "default"
+        if not secret:
+            raise ValueError(f"--token {value!r}: empty token")
+        tokens[secret] = namespace
+    return tokens
+
+
+def run_server(
+    settings: Any, *, host: str, port: int, embedded: bool, num_cpus: int | None
+) -> None:  # pragma: no cover - runs until interrupted
+    import signal
+    import time
+
+    import ray
+    from ray import serve as ray_serve
+
+    from kv_store.redis_server import LocalRedisServer, find_redis_server
+    from services.deployment import build_app
+    from services.session import StoreSpec
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    redis_server = None
+    if embedded:
+        binary = find_redis_server()
+        if binary is None:
+            console.print("[yellow]redis-server not found: using the in-process 'local' store[/]")
+        else:
+            redis_server = LocalRedisServer(binary).start()
+            settings = settings.model_copy(update={"store": StoreSpec(url=redis_server.url)})
+    if host != "127.0.0.1" and not settings.http.tokens:
+        console.print(f"[yellow]warning[/]: binding {host} without --token: anyone can connect")
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        namespace=settings.ray_namespace,
+        log_to_driver=False,
+    )
+    try:
+        # After ray.init, which installs handlers of its own: SIGTERM (service managers) and
+        # SIGINT (also when started in the background, where the shell ignores it) both shut
+        # Serve, Ray and the embedded redis-server down cleanly.
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
+        console.print(
+            f"tempomem serving [bold]{settings.worker.model}[/] at http://{host}:{port} "
+            f"(store {settings.store.url}, auth {'on' if settings.http.tokens else 'off'}); "
+            "Ctrl-C stops"
+        )
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+        if redis_server is not None:
+            redis_server.stop()
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(help="Base URL of `tempomem serve`.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    token: Annotated[str | None, typer.Option(help="Bearer token (for /metrics).")] = None,
+) -> None:
+    """Health and a metrics summary of a running `tempomem serve`."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        health = httpx.get(url.rstrip("/") + "/healthz", timeout=10).json()
+        metrics = httpx.get(url.rstrip("/") + "/metrics", headers=headers, timeout=10)
+    except (httpx.HTTPError, ValueError) as err:
+        console.print(f"[red]unreachable[/]: {url}: {escape(str(err))}")
+        raise typer.Exit(1) from err
+    table = Table("field", "value", title=f"tempomem at {url}")
+    for key in ("status", "model", "store", "sessions", "uptime_s"):
+        value = health.get(key)
+        table.add_row(key, f"{value:.0f}" if isinstance(value, float) else str(value))
+    if metrics.status_code == 200:
+        for name, value in summarize_metrics(metrics.text).items():
+            table.add_row(name, value)
+    else:
+        table.add_row("metrics", f"[yellow]HTTP {metrics.status_code}[/] (--token?)")
+    console.print(table)
+
+
+def summarize_metrics(text: str) -> dict[str, str]:
+    """Steps, degraded steps, replays and step latency (mean, p50/p99 bucket bounds)."""
+    values: dict[str, float] = {}
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("tempomem_step_latency_seconds_bucket"):
+            bound = name.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if bound == "+Inf" else float(bound), float(value)))
+        elif "{" not in name:
+            values[name] = float(value)
+    out = {
+        "steps": f"{values.get('tempomem_steps_total', 0):.0f}",
+        "degraded steps": f"{values.get('tempomem_degraded_steps_total', 0):.0f}",
+        "replayed steps": f"{values.get('tempomem_replayed_steps_total', 0):.0f}",
+    }
+    count = values.get("tempomem_step_latency_seconds_count", 0)
+    if count:
+        out["step latency mean"] = (
+            f"{values['tempomem_step_latency_seconds_sum'] / count * 1e3:.1f} ms"
+        )
+        for q in (0.5, 0.99):
+            upper = next((b for b, c in sorted(buckets) if c >= q * count), float("inf"))
+            out[f"step latency p{int(q * 100)}"] = f"<= {upper * 1e3:g} ms"
+    return out
+
+
+@app.command()
 def demo() -> None:
     """Run the end-to-end demo (robot episodes with and without memory, an agent scenario)."""
     console.print("nothing to demo yet: the demo lands with the gymnasium/evaluation issue")

@@ -11,8 +11,15 @@ before anything is sent, and again by the session actor.
 
 Transport seam: both clients talk to sessions only through ``call(session, method, payload)``
 on a transport object. ``RayTransport`` / ``AsyncRayTransport`` reach session actors through
-Ray actor handles (the process must be connected to the cluster: ``ray.init(...)``); an HTTP
-transport for the Serve app will implement the same two methods.
+Ray actor handles (the process must be connected to the cluster: ``ray.init(...)``);
+``HttpTransport`` / ``AsyncHttpTransport`` reach a ``tempomem serve`` over HTTP (httpx), with
+an optional bearer token; ``TempomemClient.connect(url, ...)`` builds one. Over HTTP the server
+decides the tenant from the token (see ``services.http_app``); the client also sends its
+namespace in ``X-Tempomem-Namespace``, and a mismatch is a ``PermissionError`` (403).
+
+HTTP errors map to Python ones: 401/403 ``PermissionError``, 404 ``LookupError``, 413 and 422
+``ValueError`` (the server's detail, naming the field), 503 and other failures
+``TempomemHTTPError`` (a ``RuntimeError`` with ``status`` and ``detail``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from services.schemas import (
     StepRequest,
     StepResponse,
 )
-from services.session import SessionConfig, StoreSpec, session_handle
+from services.session import ServeWorker, SessionConfig, StoreSpec, session_handle
 
 
 class Transport(Protocol):
@@ -57,6 +64,7 @@ class RayTransport:
         ray_namespace: Ray namespace of the session and worker actors (default: the namespace
             this process joined with ``ray.init(namespace=...)``).
         timeout_s: longest wait for one call.
+        serve_worker: sessions step through this Serve deployment (see ``ServeWorker``).
     """
 
     def __init__(
@@ -69,6 +77,7 @@ class RayTransport:
         ray_namespace: str | None = None,
         detached: bool = False,
         timeout_s: float = 120.0,
+        serve_worker: ServeWorker | None = None,
     ) -> None:
         if not ray.is_initialized():
             raise RuntimeError("RayTransport needs a Ray connection: call ray.init(...) first")
@@ -77,6 +86,7 @@ class RayTransport:
         self.ray_namespace = ray_namespace or ray.get_runtime_context().namespace
         self.detached = detached
         self.timeout_s = timeout_s
+        self.serve_worker = serve_worker
         self._handles: dict[str, Any] = {}
 
     def handle(self, session: SessionId) -> Any:
@@ -92,6 +102,7 @@ class RayTransport:
                 config=self.config,
                 worker_factory=self.worker_factory,
                 detached=self.detached,
+                serve_worker=self.serve_worker,
             )
             self._handles[name] = found
         return found
@@ -113,6 +124,111 @@ class AsyncRayTransport:
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
         return await self.sync.submit(session, method, payload)
+
+
+#: method -> (HTTP verb, path suffix) of the session routes of ``services.http_app``.
+_HTTP_ROUTES: dict[str, tuple[str, str]] = {
+    "step": ("POST", "step"),
+    "reset": ("POST", "reset"),
+    "elapsed": ("GET", "elapsed"),
+    "summary": ("GET", "summary"),
+    "metrics": ("GET", "metrics"),
+    "flush": ("POST", "flush"),
+}
+NAMESPACE_HEADER = "X-Tempomem-Namespace"
+
+
+class TempomemHTTPError(RuntimeError):
+    """An HTTP answer that is not a client error of the request itself (e.g. 503)."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def _http_result(status: int, body: Any) -> Any:
+    if 200 <= status < 300:
+        return body
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if status in (401, 403):
+        raise PermissionError(f"HTTP {status}: {detail}")
+    if status == 404:
+        raise LookupError(f"HTTP {status}: {detail}")
+    if status in (400, 413, 422):
+        raise ValueError(f"HTTP {status}: {detail}")
+    raise TempomemHTTPError(status, detail)
+
+
+def _http_request(
+    session: SessionId, method: str, payload: dict[str, Any] | None
+) -> tuple[str, str]:
+    if method not in _HTTP_ROUTES:
+        raise ValueError(f"method must be one of {sorted(_HTTP_ROUTES)}, got {method!r}")
+    if session.kind != "robot":
+        raise ValueError(f"HTTP session routes serve robot sessions, not {session.kind!r}")
+    verb, suffix = _HTTP_ROUTES[method]
+    return verb, f"/v1/sessions/{session.id}/{suffix}"
+
+
+def _body(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+class HttpTransport:
+    """Sessions of a ``tempomem serve`` over HTTP (sync; one pooled httpx client).
+
+    Args:
+        url: base URL of the server, e.g. ``http://127.0.0.1:8000``.
+        token: bearer token (when the server has tokens).
+        timeout_s: longest wait for one request.
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 120.0) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        verb, path = _http_request(session, method, payload)
+        response = self._http.request(
+            verb, path, json=payload, headers={NAMESPACE_HEADER: session.namespace}
+        )
+        return _http_result(response.status_code, _body(response))
+
+    def get(self, path: str) -> Any:
+        """GET a non-session route (``/healthz``, ``/metrics``): JSON or text."""
+        response = self._http.get(path)
+        return _http_result(response.status_code, _body(response))
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class AsyncHttpTransport:
+    """``HttpTransport`` for asyncio callers (httpx.AsyncClient)."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 120.0) -> None:
+        import httpx
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        verb, path = _http_request(session, method, payload)
+        response = await self._http.request(
+            verb, path, json=payload, headers={NAMESPACE_HEADER: session.namespace}
+        )
+        return _http_result(response.status_code, _body(response))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 class _ClientBase:
@@ -183,7 +299,7 @@ class TempomemClient(_ClientBase):
         worker: ``WorkerSpec`` of the shared policy worker (default: tiny-llama).
         config: ``SessionConfig`` for sessions this client creates.
         worker_factory: model factory for the worker (instead of ``worker.model``).
-        transport: another transport (e.g. HTTP, later); the Ray options are then unused.
+        transport: another transport (e.g. ``HttpTransport``); the Ray options are then unused.
     """
 
     def __init__(
@@ -204,6 +320,19 @@ class TempomemClient(_ClientBase):
         self.transport: Transport = transport or _ray_transport(
             store, worker, config, worker_factory, ray_namespace, detached, timeout_s
         )
+
+    @classmethod
+    def connect(
+        cls,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        namespace: str = "default",
+        token: str | None = None,
+        timeout_s: float = 120.0,
+    ) -> TempomemClient:
+        """A client of a ``tempomem serve`` at ``url`` (HTTP transport); ``namespace`` must be
+        the token's namespace when the server has tokens."""
+        return cls(namespace, transport=HttpTransport(url, token=token, timeout_s=timeout_s))
 
     def step(
         self,
@@ -267,6 +396,18 @@ class AsyncTempomemClient(_ClientBase):
             )
         )
 
+    @classmethod
+    def connect(
+        cls,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        namespace: str = "default",
+        token: str | None = None,
+        timeout_s: float = 120.0,
+    ) -> AsyncTempomemClient:
+        """An asyncio client of a ``tempomem serve`` at ``url`` (HTTP transport)."""
+        return cls(namespace, transport=AsyncHttpTransport(url, token=token, timeout_s=timeout_s))
+
     async def step(
         self,
         session_id: str | SessionId,
@@ -293,6 +434,9 @@ class AsyncTempomemClient(_ClientBase):
     async def summary(self, session_id: str | SessionId) -> SessionSummary:
         result = await self.transport.call(self.session_id(session_id), "summary", None)
         return SessionSummary.model_validate(result)
+
+    async def metrics(self, session_id: str | SessionId) -> dict[str, int]:
+        return dict(await self.transport.call(self.session_id(session_id), "metrics", None))
 
     async def flush(self, session_id: str | SessionId) -> bool:
         return bool(await self.transport.call(self.session_id(session_id), "flush", None))

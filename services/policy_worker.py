@@ -10,9 +10,11 @@ and stores the state; the worker only computes, so it may die, restart or be rep
 Three layers, each usable alone:
 
 - ``StepEngine``: in-process model + TempoFit + the step function. A Ray Serve deployment
-  (later) can reuse it; ``run_many`` is the seam where ``@serve.batch`` will stack several
-  sessions' memories into one batched forward (today it loops: TempoFit keeps one ring per
-  layer for all batch rows, so rows must have the same number of frames to share a forward).
+  reuses it; ``run_many`` stacks several sessions' memories along the batch dim into one
+  forward (``services.deployment`` feeds it from ``@serve.batch``). TempoFit keeps one ring
+  per layer for all batch rows, so rows share a forward only when their memories have the same
+  shape (frames, ring position, slot length) and their steps the same token counts; the rest
+  run alone.
 - ``PolicyWorker``: the engine behind a bytes/dict interface fit for crossing processes:
   states travel as ``kv_store`` codec records (raw tensor buffers + JSON header, never pickle).
 - ``worker_handle(spec)``: the named Ray actor (``get_if_exists``), one per model spec, that
@@ -152,6 +154,8 @@ class StepEngine:
         self._check_vocab(request)
         start = time.perf_counter()
         tf = self.tempofit
+        if tf.memory.batch_size != 1:
+            self._use_batch(1)
         if state is None:
             tf.reset()
         else:
@@ -186,10 +190,164 @@ class StepEngine:
         return output, new_state
 
     def run_many(
+        self,
+        items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]],
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Several sessions' steps, batched into one forward where shapes allow.
+
+        Items are grouped by ``batch_key``: the same ``len(input_ids)`` and ``prefix_len``, no
+        ``choices``, and memories of the same shape (per layer: frames, ring position, slot
+        length). A group of two or more runs as ONE forward with the sessions' memories stacked
+        along the batch dim (``LayerwiseKVMemory(batch_size=B)``) and a ``(B,)`` frame time
+        (each session's own ``t``, or its own step counter); the new state is split back per
+        session. Everything else runs alone through ``run``. Results come in input order and
+        equal those of ``run`` up to float rounding of the batched matmuls.
+
+        ``return_exceptions``: a failing item (bad token ids, a state that does not fit) yields
+        its exception in its place instead of failing the whole call.
+        """
+        results: list[Any] = [None] * len(items)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (state, request) in enumerate(items):
+            try:
+                self._check_vocab(request)
+                key = self.batch_key(state, request)
+            except ValueError as err:
+                if not return_exceptions:
+                    raise
+                results[i] = err
+                continue
+            groups.setdefault(("alone", i) if key is None else key, []).append(i)
+        for indices in groups.values():
+            try:
+                if len(indices) == 1:
+                    i = indices[0]
+                    results[i] = self.run(items[i][0], items[i][1])
+                else:
+                    batch = self._run_batch([items[i] for i in indices])
+                    for i, result in zip(indices, batch, strict=True):
+                        results[i] = result
+            except ValueError as err:
+                if not return_exceptions or len(indices) == 1:
+                    if not return_exceptions:
+                        raise
+                    results[indices[0]] = err
+                    continue
+                for i in indices:  # a batch failed: find the culprit alone
+                    try:
+                        results[i] = self.run(items[i][0], items[i][1])
+                    except ValueError as single_err:
+                        results[i] = single_err
+        return results
+
+    def batch_key(
+        self, state: Mapping[str, Any] | None, request: StepRequest
+    ) -> tuple[Any, ...] | None:
+        """What must be equal for two steps to share a forward; None: this step runs alone."""
+        if request.choices is not None:
+            return None
+        if request.t is None and self.config.gap_unit == "seconds":
+            return None  # the clock's now; keep the single-step semantics exact
+        shape: list[Any] = []
+        for layer in self.config.layers:
+            if state is None:
+                shape.append((0, 0, 0))
+                continue
+            frames = state.get(f"layer.{layer}.num_frames")
+            slot = state.get(f"layer.{layer}.next_slot")
+            keys = state.get(f"layer.{layer}.keys")
+            slot_len = int(keys.shape[3]) if isinstance(keys, torch.Tensor) else 0
+            if state.get("batch_size") != 1:
+                return None
+            shape.append((frames, slot, slot_len))
+        return (len(request.input_ids), request.prefix_len, tuple(shape))
+
+    def _use_batch(self, batch_size: int) -> None:
+        """Give the TempoFit an (empty) memory of ``batch_size`` sessions if it has another."""
+        from memory import LayerwiseKVMemory
+
+        tf = self.tempofit
+        tf.reset()
+        if tf.memory.batch_size != batch_size:
+            tf.memory = LayerwiseKVMemory(
+                self.config,
+                num_kv_heads=tf.memory.num_kv_heads,
+                head_dim=tf.memory.head_dim,
+                batch_size=batch_size,
+                dtype=tf.memory.dtype,
+                device=tf.memory.device,
+            )
+
+    def _run_batch(
         self, items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]]
     ) -> list[tuple[StepOutput, dict[str, Any]]]:
-        """Several sessions' steps. The seam for batched serving: loops for now."""
-        return [self.run(state, request) for state, request in items]
+        """One forward for steps of equal ``batch_key`` (see ``run_many``)."""
+        start = time.perf_counter()
+        size = len(items)
+        tf = self.tempofit
+        steps = [0 if s is None else int(s["tempofit.steps_pushed"]) for s, _ in items]
+        times = torch.tensor(
+            [float(steps[b]) if r.t is None else r.t for b, (_, r) in enumerate(items)],
+            dtype=torch.float64,
+        )
+        self._use_batch(size)
+        first = items[0][0]
+        if first is not None:
+            stacked: dict[str, Any] = {}
+            for key, value in first.items():
+                if isinstance(value, torch.Tensor) and key.startswith("layer."):
+                    parts = [state[key] for state, _ in items]  # type: ignore[index]
+                    stacked[key] = torch.cat(parts, dim=0)
+                else:
+                    stacked[key] = value
+            stacked["batch_size"] = size
+            stacked["tempofit.steps_pushed"] = max(steps)
+            tf.load_state_dict(stacked)
+        frames = tf.memory.num_frames(self.config.layers[0])
+        loaded = time.perf_counter()
+        prefix_len = items[0][1].prefix_len
+        ids = torch.tensor([r.input_ids for _, r in items], dtype=torch.long)
+        try:
+            with torch.no_grad():
+                with tf.step(prefix_len=prefix_len, t=times):
+                    out = self.model(ids, use_cache=False)
+                last = out.logits[:, -1].float()
+            computed = time.perf_counter()
+            batched = tf.state_dict()
+        finally:
+            self._use_batch(1)
+        outputs: list[tuple[StepOutput, dict[str, Any]]] = []
+        frames_after = int(batched.get(f"layer.{self.config.layers[0]}.num_frames", 0))
+        for b, (_, request) in enumerate(items):
+            top_ids: list[int] = []
+            top_logits: list[float] = []
+            if request.top_k:
+                values, indices = torch.topk(last[b], min(request.top_k, last.shape[-1]))
+                top_ids, top_logits = indices.tolist(), values.tolist()
+            row: dict[str, Any] = {}
+            for key, value in batched.items():
+                if isinstance(value, torch.Tensor) and key.startswith("layer."):
+                    row[key] = value[b : b + 1].clone()
+                else:
+                    row[key] = value
+            row["batch_size"] = 1
+            row["tempofit.steps_pushed"] = steps[b] + 1
+            outputs.append(
+                (
+                    StepOutput(
+                        frames_in_memory=frames,
+                        frames_after=frames_after,
+                        top_k_ids=top_ids,
+                        top_k_logits=top_logits,
+                        choice_scores=None,
+                        model_ms=(computed - loaded) * 1e3 / size,
+                        state_ms=((loaded - start) + (time.perf_counter() - computed)) * 1e3 / size,
+                    ),
+                    row,
+                )
+            )
+        return outputs
 
     def _score_choices(
         self, last_logits: torch.Tensor, cache: Any, choices: list[list[int]]
@@ -245,9 +403,34 @@ class PolicyWorker:
 
     def step_many(
         self, items: Sequence[tuple[bytes | None, Mapping[str, Any]]]
-    ) -> list[tuple[dict[str, Any], bytes]]:
-        """Several sessions' steps in one call (the batching seam; see ``StepEngine``)."""
-        return [self.step(state, request) for state, request in items]
+    ) -> list[tuple[dict[str, Any], bytes] | Exception]:
+        """Several sessions' steps in one call, batched where shapes allow (see
+        ``StepEngine.run_many``); a failing item yields its exception in its place."""
+        parsed: list[tuple[dict[str, Any] | None, StepRequest] | Exception] = []
+        for state, request in items:
+            try:
+                parsed.append(
+                    (
+                        None if state is None else unpack_state(state),
+                        StepRequest.model_validate(request),
+                    )
+                )
+            except ValueError as err:
+                parsed.append(err)
+        ok = [p for p in parsed if not isinstance(p, Exception)]
+        ran = iter(self.engine.run_many(ok, return_exceptions=True))
+        results: list[tuple[dict[str, Any], bytes] | Exception] = []
+        for p in parsed:
+            if isinstance(p, Exception):
+                results.append(p)
+                continue
+            result = next(ran)
+            if isinstance(result, Exception):
+                results.append(result)
+            else:
+                output, new_state = result
+                results.append((output.model_dump(mode="json"), pack_state(new_state)))
+        return results
 
     def info(self) -> dict[str, Any]:
         """Model and memory config of this worker."""

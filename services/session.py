@@ -121,6 +121,16 @@ class SessionConfig(BaseModel):
     )
 
 
+class ServeWorker(BaseModel):
+    """A Ray Serve deployment that steps sessions instead of the shared ``PolicyWorker`` actor
+    (``services.deployment.PolicyDeployment``: replicated, batching concurrent sessions)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app: str = Field(min_length=1, max_length=128, description="Serve application name.")
+    deployment: str = Field(default="PolicyDeployment", min_length=1, max_length=128)
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """Everything one store write needs; immutable once handed to the writer."""
@@ -227,6 +237,8 @@ class SessionActor:
         config: ``SessionConfig`` (or its dict).
         ray_namespace: Ray namespace of the named worker actor.
         worker_factory: optional model factory for the worker (see ``PolicyWorker``).
+        serve_worker: ``ServeWorker`` (or its dict): step through that Serve deployment
+            instead of the shared ``PolicyWorker`` actor (then ``worker`` only describes it).
     """
 
     def __init__(
@@ -237,14 +249,26 @@ class SessionActor:
         config: SessionConfig | Mapping[str, Any] | None = None,
         ray_namespace: str = "tempomem",
         worker_factory: ModelFactory | None = None,
+        serve_worker: ServeWorker | Mapping[str, Any] | None = None,
     ) -> None:
         self.session_id = SessionId.model_validate(session_id)
         self.store_spec = StoreSpec.model_validate(store or {})
         self.worker_spec = WorkerSpec.model_validate(worker or {})
         self.config = SessionConfig.model_validate(config or {})
-        self._worker = worker_handle(
-            self.worker_spec, ray_namespace=ray_namespace, factory=worker_factory
+        self.serve_worker = (
+            None if serve_worker is None else ServeWorker.model_validate(serve_worker)
         )
+        self._worker: Any
+        if self.serve_worker is not None:
+            from ray import serve
+
+            self._worker = serve.get_deployment_handle(
+                self.serve_worker.deployment, app_name=self.serve_worker.app
+            )
+        else:
+            self._worker = worker_handle(
+                self.worker_spec, ray_namespace=ray_namespace, factory=worker_factory
+            )
         self._store = self.store_spec.build(self.session_id.namespace)
         self._key = self.session_id.store_key
         self._writer = _WriteBehind(self._store, self._key, self.store_spec.ttl_s)
@@ -393,7 +417,10 @@ class SessionActor:
         before = time.perf_counter()
         memory = self._memory if healthy else None
         ref = self._worker.step.remote(memory, req.model_dump(mode="json"))
-        output_dict, new_memory = ray.get(ref, timeout=self.config.worker_timeout_s)
+        if self.serve_worker is not None:  # a Serve DeploymentResponse (batched replicas)
+            output_dict, new_memory = ref.result(timeout_s=self.config.worker_timeout_s)
+        else:
+            output_dict, new_memory = ray.get(ref, timeout=self.config.worker_timeout_s)
         worker_ms = (time.perf_counter() - before) * 1e3
         return StepOutput.model_validate(output_dict), new_memory, worker_ms
 
@@ -536,12 +563,14 @@ def session_handle(
     worker_factory: ModelFactory | None = None,
     detached: bool = False,
     max_task_retries: int = 3,
+    serve_worker: ServeWorker | None = None,
 ) -> Any:
     """The session's named actor, created on first use (``get_if_exists=True``).
 
     ``max_task_retries`` applies to ``step`` (idempotent per step id, so a step that was running
     when the actor died is safely re-run after the restart); ``reset`` is never retried.
     ``detached=True`` lets the session outlive the driver that created it (deployments).
+    ``serve_worker``: step through that Serve deployment instead of the ``PolicyWorker`` actor.
     """
     actor_cls: Callable[..., Any] = ray.remote(_RaySessionActor)
     options: dict[str, Any] = {
@@ -562,6 +591,7 @@ def session_handle(
         (config or SessionConfig()).model_dump(mode="json"),
         ray_namespace,
         worker_factory,
+        None if serve_worker is None else serve_worker.model_dump(mode="json"),
     )
 
 

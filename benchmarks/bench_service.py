@@ -1,0 +1,273 @@
+"""Service overhead and load: session actor vs a bare Ray call, HTTP latency, 16 robots at 20 Hz.
+
+1. Step round trip through a ``SessionActor`` vs a bare no-op Ray actor call, interleaved in
+   one run (target <= 1.5). The policy is an **echo engine** (a no-model ``PolicyWorker``
+   stand-in registered under the worker's actor name, returning a fixed answer), so the ratio
+   is pure service overhead: request validation, the session actor, its call to the policy
+   actor, the write-behind hand-off (in-process ``local`` store), response building. A session
+   step is two actor hops (driver -> session -> policy) where the baseline is one.
+2. HTTP step latency, p50 and p99, through ``tempomem serve`` (Ray Serve ingress -> session
+   actor -> batched policy deployment) with the tiny random LLaMA, one robot stepping
+   sequentially; beside it the same steps through the Ray client (no HTTP) as a ratio.
+3. Load: 16 simulated robots at 20 Hz for ``duration_s`` (default 60 s, at most 600) against
+   local Serve with the tiny model over HTTP. A robot whose previous step has not come back at
+   its next tick drops that tick (a real controller would skip it too): reported as dropped
+   steps, with errors and the p50/p99 latency of the steps that ran.
+
+``python -m benchmarks.bench_service [--duration 60]`` prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import statistics
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray import serve
+
+from benchmarks.timing import compare, fmt_ms
+from memory import TempoFitConfig
+from services.client import AsyncTempomemClient, TempomemClient
+from services.deployment import ServeSettings, build_app
+from services.policy_worker import WorkerSpec
+from services.session import SessionConfig, StoreSpec
+
+TARGET_RATIO = 1.5
+ROBOTS = 16
+RATE_HZ = 20.0
+MAX_DURATION_S = 600.0
+PREFIX = 8
+WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=8))
+
+
+class _EchoWorker:
+    """A no-model policy: answers every step with the same output, no memory."""
+
+    def step(self, state: bytes | None, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
+        output = {
+            "frames_in_memory": 0,
+            "frames_after": 0,
+            "top_k_ids": [1],
+            "top_k_logits": [0.0],
+            "choice_scores": None,
+            "model_ms": 0.0,
+            "state_ms": 0.0,
+        }
+        return output, None
+
+
+class _NoOp:
+    def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+
+def _tokens(step: int, salt: int = 0) -> list[int]:
+    return [(7 * step + 3 * i + 11 * salt) % 120 + 1 for i in range(PREFIX + 4)]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _actor_ratio(namespace: str) -> tuple[str, float]:
+    echo_spec = WorkerSpec(model="tiny-llama", label="echo")
+    ray.remote(_EchoWorker).options(  # type: ignore[attr-defined]
+        name=echo_spec.actor_name, namespace=namespace, lifetime="detached", num_cpus=0
+    ).remote()
+    noop = ray.remote(_NoOp).options(num_cpus=0).remote()  # type: ignore[attr-defined]
+    client = TempomemClient("bench", worker=echo_spec, store="local")
+    payload = {"step_id": 0, "input_ids": _tokens(0), "prefix_len": PREFIX}
+    counter = iter(range(10**9))
+    ray.get(noop.call.remote(payload))
+
+    def session_step() -> None:
+        client.step("echo", next(counter), _tokens(0), PREFIX)
+
+    def bare_call() -> None:
+        ray.get(noop.call.remote(payload))
+
+    result = compare(session_step, bare_call, repeats=201, warmup=20)
+    row = (
+        f"| session actor step (echo engine) / bare no-op Ray actor call | "
+        f"{fmt_ms(result.ours_s)} | {fmt_ms(result.baseline_s)} | "
+        f"**{result.paired_ratio:.2f}** | <= {TARGET_RATIO} |"
+    )
+    return row, result.paired_ratio
+
+
+def _http_latency(url: str, namespace: str) -> list[str]:
+    http = TempomemClient.connect(url, namespace="bench")
+    direct = TempomemClient("bench-direct", worker=WORKER, store="local", ray_namespace=namespace)
+    http.reset("lat")
+    direct.reset("lat")
+    counter = {"http": 0, "direct": 0}
+    http_times: list[float] = []
+
+    def over_http() -> None:
+        i = counter["http"] = counter["http"] + 1
+        start = time.perf_counter()
+        http.step("lat", i, _tokens(i), PREFIX)
+        http_times.append(time.perf_counter() - start)
+
+    def over_ray() -> None:
+        i = counter["direct"] = counter["direct"] + 1
+        direct.step("lat", i, _tokens(i), PREFIX)
+
+    result = compare(over_http, over_ray, repeats=201, warmup=10)
+    samples = http_times[10:]
+    return [
+        f"| HTTP step p50 (tiny-llama, 1 robot) | {fmt_ms(_percentile(samples, 0.5))} ms |",
+        f"| HTTP step p99 | {fmt_ms(_percentile(samples, 0.99))} ms |",
+        f"| HTTP step / Ray-client step (paired median ratio) | {result.paired_ratio:.2f} |",
+    ]
+
+
+async def _load(url: str, duration_s: float) -> dict[str, Any]:
+    client = AsyncTempomemClient.connect(url, namespace="load", timeout_s=30)
+    period = 1.0 / RATE_HZ
+    latencies: list[float] = []
+    errors: list[str] = []
+    dropped = 0
+    sent = 0
+    degraded = 0
+    for r in range(ROBOTS):
+        await client.reset(f"robot{r}")
+
+    async def robot(r: int) -> None:
+        nonlocal dropped, sent, degraded
+        start = time.monotonic()
+        step = 0
+        inflight: asyncio.Task[Any] | None = None
+        tick = 0
+        while True:
+            tick_at = start + tick * period
+            if tick_at - start >= duration_s:
+                break
+            await asyncio.sleep(max(0.0, tick_at - time.monotonic()))
+            tick += 1
+            if inflight is not None and not inflight.done():
+                dropped += 1
+                continue
+            inflight = asyncio.create_task(one(r, step))
+            step += 1
+            sent += 1
+        if inflight is not None:
+            await inflight
+
+    async def one(r: int, step: int) -> None:
+        nonlocal degraded
+        began = time.perf_counter()
+        try:
+            answer = await client.step(f"robot{r}", step, _tokens(step, r), PREFIX)
+            degraded += int(answer.degraded)
+            latencies.append(time.perf_counter() - began)
+        except Exception as err:  # a benchmark counts failures instead of stopping
+            errors.append(f"{type(err).__name__}: {err}"[:200])
+
+    began = time.monotonic()
+    await asyncio.gather(*(robot(r) for r in range(ROBOTS)))
+    wall = time.monotonic() - began
+    return {
+        "ticks": int(ROBOTS * RATE_HZ * duration_s),
+        "sent": sent,
+        "ok": len(latencies),
+        "errors": errors,
+        "dropped": dropped,
+        "degraded": degraded,
+        "p50": _percentile(latencies, 0.5) if latencies else float("nan"),
+        "p99": _percentile(latencies, 0.99) if latencies else float("nan"),
+        "throughput": len(latencies) / wall,
+    }
+
+
+def run(duration_s: float = 60.0) -> str:
+    """All three measurements as markdown; ``duration_s`` bounds the load test (1..600 s)."""
+    duration_s = min(max(float(duration_s), 1.0), MAX_DURATION_S)
+    namespace = f"tempomem-bench-{uuid.uuid4().hex[:6]}"
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=2, include_dashboard=False, namespace=namespace, log_to_driver=False)
+    else:
+        namespace = ray.get_runtime_context().namespace
+    try:
+        ratio_row, _ = _actor_ratio(namespace)
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        settings = ServeSettings(
+            app_name="tempomem-bench",
+            ray_namespace=namespace,
+            worker=WORKER,
+            store=StoreSpec(url="local"),
+            session=SessionConfig(),
+        )
+        serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        http_rows = _http_latency(url, namespace)
+        load = asyncio.run(_load(url, duration_s))
+        batches = (
+            serve.get_deployment_handle("PolicyDeployment", app_name=settings.app_name)
+            .info.remote()
+            .result(timeout_s=30)["batches"]
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+    error_kinds = sorted({e.split(":", 1)[0] for e in load["errors"]})
+    lines = [
+        "Session actor overhead (median ms per call, interleaved; echo engine: no model, so the "
+        "ratio is service overhead only; local store):",
+        "",
+        "| measurement | ours ms | baseline ms | ratio | target |",
+        "|---|---|---|---|---|",
+        ratio_row,
+        "",
+        "A session step is two actor hops (driver -> session actor -> policy actor) where the "
+        "baseline is one; the ratio cannot fall below ~2 without co-locating the policy in the "
+        "session actor.",
+        "",
+        "HTTP (`tempomem serve`: Serve ingress -> session actor -> batched policy deployment; "
+        "tiny-llama, TempoFit layers [1, 2], 8 frames; local store):",
+        "",
+        "| measurement | value |",
+        "|---|---|",
+        *http_rows,
+        "",
+        f"Load: {ROBOTS} robots at {RATE_HZ:g} Hz for {duration_s:g} s over HTTP "
+        f"(a step still in flight at the next tick drops that tick):",
+        "",
+        "| ticks | steps sent | ok | errors | dropped | degraded | p50 ms | p99 ms | steps/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {load['ticks']} | {load['sent']} | {load['ok']} | {len(load['errors'])} | "
+        f"{load['dropped']} ({load['dropped'] / max(1, load['ticks']):.1%}) | {load['degraded']} "
+        f"| {fmt_ms(load['p50'])} | {fmt_ms(load['p99'])} | {load['throughput']:.0f} |",
+        "",
+        f"Policy batches during the run: mean size {statistics.fmean(batches):.2f}, "
+        f"max {max(batches)} (last {len(batches)} batches)."
+        + (f" Error kinds: {', '.join(error_kinds)}." if error_kinds else ""),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:  # pragma: no cover
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="load test seconds")
+    print(run(parser.parse_args().duration))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
