@@ -21,6 +21,7 @@ BENCHMARKS = {
     "kernels": ("FGTB retrieval kernels", "benchmarks.bench_kernels", "report"),
     "tempofit": ("TempoFit on SmolLM2", "benchmarks.bench_tempofit", "run"),
     "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),
+    "episodic": ("Episodic memory (EM-LLM) on SmolLM2", "benchmarks.bench_episodic", "run"),
     "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
     "service": ("Service overhead and load", "benchmarks.bench_service", "run"),
 }

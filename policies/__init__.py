@@ -10,11 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from policies.episodic_lm import EpisodicLM
+    from policies.episodic_plot import plot_events
     from policies.layer_selection import LayerCalibration, calibrate_layers, default_layers
     from policies.models import load_smollm2, tiny_random_model
     from policies.tempofit import TempoFit
 
 _LAZY = {
+    "EpisodicLM": "policies.episodic_lm",
+    "plot_events": "policies.episodic_plot",
     "TempoFit": "policies.tempofit",
     "load_smollm2": "policies.models",
     "tiny_random_model": "policies.models",
@@ -24,11 +28,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "EpisodicLM",
     "LayerCalibration",
     "TempoFit",
     "calibrate_layers",
     "default_layers",
     "load_smollm2",
+    "plot_events",
     "tiny_random_model",
 ]
 
