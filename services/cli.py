@@ -23,6 +23,8 @@ store_app = typer.Typer(help="Inspect a state store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 eval_app = typer.Typer(help="Evaluate memory components on labelled data.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+plot_app = typer.Typer(help="Plots a person would rather look at than read.", no_args_is_help=True)
+app.add_typer(plot_app, name="plot")
 console = Console()
 
 
@@ -363,3 +365,62 @@ def main() -> None:  # pragma: no cover - console entry
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@plot_app.command("events")
+def plot_events_command(
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("out/events.png"),
+    model: Annotated[
+        str, typer.Option(help="smollm2, or tiny-llama (random weights: a quick look only).")
+    ] = "smollm2",
+    repeats: Annotated[
+        int, typer.Option(help="Filler sentences around the pass key (~24 tokens each).")
+    ] = 60,
+    depth: Annotated[float, typer.Option(help="Where the pass key sits, 0..1.")] = 0.3,
+    n_local: Annotated[int, typer.Option(help="Local attention window (tokens).")] = 256,
+    chunk_size: Annotated[int, typer.Option(help="Prefill chunk (tokens).")] = 128,
+    new_tokens: Annotated[int, typer.Option(help="Tokens to generate after the prompt.")] = 8,
+) -> None:
+    """Episodic memory on a pass-key prompt: the surprise curve, event boundaries before and
+    after refinement, and which events were retrieved for the last query."""
+    import torch
+
+    from memory import EpisodicConfig
+    from policies import EpisodicLM, load_smollm2, tiny_random_model
+    from policies.episodic_lm import passkey_prompt
+    from policies.episodic_plot import plot_events
+
+    max_event = min(128, n_local)
+    config = EpisodicConfig(
+        n_init=max(4, n_local // 8),
+        n_local=n_local,
+        budget=2 * n_local,
+        chunk_size=chunk_size,
+        surprise_window=min(128, n_local),
+        max_event_size=max_event,
+        min_event_size=max(1, min(8, max_event // 4)),
+    )
+    tokenizer: Any = None
+    if model == "smollm2":
+        lm_model, tokenizer = load_smollm2()
+        prompt = passkey_prompt(71432, repeats=repeats, depth=depth)
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    elif model == "tiny-llama":
+        lm_model = tiny_random_model("llama", seed=0)
+        vocab = lm_model.config.vocab_size
+        input_ids = torch.randint(
+            0, vocab, (1, 24 * repeats), generator=torch.Generator().manual_seed(0)
+        )
+    else:
+        raise typer.BadParameter("choose smollm2 or tiny-llama", param_hint="--model")
+    lm = EpisodicLM(lm_model, config)
+    try:
+        output = lm.generate(input_ids, max_new_tokens=new_tokens)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path = plot_events(lm, out, title=f"{model}: {input_ids.shape[1]} tokens, window {n_local}")
+    finally:
+        lm.remove()
+    answer = output[0, input_ids.shape[1] :].tolist()
+    shown = tokenizer.decode(answer) if tokenizer is not None else str(answer)
+    console.print(f"generated: {escape(shown)!r}")
+    console.print(f"events: {len(lm.events())}; plot written to {path}")
