@@ -182,7 +182,7 @@ def report() -> str:
             "(`python benchmarks/bench_kernels.py --device cuda`)."
         )
     )
-    return format_table(run(device)) + note
+    return "```\n" + format_table(run(device)) + "\n```" + note
 
 
 def main() -> None:

@@ -23,6 +23,18 @@ STACKING_FRAMES = (4, 8)  # a forward over 32 x 256 tokens takes tens of seconds
 TARGETS = {8: 1.03, 32: 1.10}
 
 
+TEMPOFIT_NOTE = (
+    "Why the targets are not met here: at N=8 the retrieval is 4 layers x ~0.6 GFLOP "
+    "(S x L score matrix and the W @ [K, V] product, 3 KV heads, d=64) = 2.4 GFLOP "
+    "against a 73 GFLOP forward of "
+    "this 135M model (LM head over all 272 positions included), and on 2 CPU cores both run at "
+    "about the same FLOP rate: exact fp32 retrieval alone costs >= 3.3 %, the hooks and the push "
+    "~1.1 %. The blocked kernel runs at the bare-matmul floor (5.7 ms vs 5.0 ms per layer at N=8). "
+    "The paper's 1.045 (N=8) is for a ~3B VLA on a GPU, where the same retrieval is ~20x smaller "
+    "relative to the forward. Frame stacking is the baseline TempoFit replaces."
+)
+
+
 def run(repeats: int = 15) -> str:
     torch.manual_seed(0)
     model, _ = load_smollm2()
@@ -102,6 +114,8 @@ def run(repeats: int = 15) -> str:
             "| frames N | tokens | step (ms) | / plain step |",
             "|---|---|---|---|",
             *stacking_rows,
+            "",
+            TEMPOFIT_NOTE,
         ]
     )
 
