@@ -81,7 +81,14 @@ from memory.episodic import (
     surprise_boundaries,
     token_surprise,
 )
-from policies.hf import AttentionAdapter, HeadLayout, _rotate_half, adapter_for, text_config
+from policies.hf import (
+    AttentionAdapter,
+    HeadLayout,
+    InstanceForwardPatches,
+    adapter_for,
+    rotate_half,
+    text_config,
+)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -187,14 +194,12 @@ class EpisodicLM:
         self._rope_cache: tuple[Tensor, Tensor] | None = None
         self._armed = False
         self._chunk: _ChunkState | None = None
-        self._restore: list[tuple[nn.Module, Any]] = []
+        self._patches = InstanceForwardPatches()
         try:
             for layer in layers:
                 attention = self.adapter.self_attention(model, layer)
                 self.adapter.sources(attention)  # fails early if the family does not fit
-                previous = attention.__dict__.get("forward")
-                attention.forward = self._wrap(layer, attention, attention.forward)
-                self._restore.append((attention, previous))
+                self._patches.install(attention, self._wrap(layer, attention, attention.forward))
         except BaseException:
             self.remove()
             raise
@@ -227,19 +232,14 @@ class EpisodicLM:
         RuntimeError (nothing changed) if another wrapper was installed over this one since:
         wrappers must be removed in reverse order of installation.
         """
-        for attention, _ in self._restore:
+        for attention in self._patches.modules:
             current = attention.__dict__.get("forward")
             if getattr(current, "_episodic_owner", None) is not self:
                 raise RuntimeError(
                     f"{type(attention).__name__}.forward was wrapped again after this EpisodicLM "
                     "(e.g. by another EpisodicLM); remove that wrapper first"
                 )
-        for attention, previous in reversed(self._restore):
-            if previous is None:
-                del attention.forward
-            else:
-                attention.forward = previous
-        self._restore.clear()
+        self._patches.restore()
         self._armed = False
 
     @property
@@ -264,7 +264,7 @@ class EpisodicLM:
     def step(self, token: int) -> Tensor:
         """One generation step: append ``token`` to the stream; its logits (V,). Retrieval
         runs every ``retrieve_every`` steps (the previous selection is reused in between)."""
-        if not self._restore:
+        if not self._patches:
             raise RuntimeError("EpisodicLM was removed from the model; create a new one")
         if (
             isinstance(token, bool)
@@ -303,7 +303,7 @@ class EpisodicLM:
     # ------------------------------------------------------------------ stream processing
 
     def _check_ids(self, input_ids: Tensor) -> Tensor:
-        if not self._restore:
+        if not self._patches:
             raise RuntimeError("EpisodicLM was removed from the model; create a new one")
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids)
@@ -631,7 +631,7 @@ class _RopedContext:
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """RoPE of ``x`` (..., n, D) at the positions whose cos/sin (n, D) are given."""
-    return x * cos + _rotate_half(x) * sin
+    return x * cos + rotate_half(x) * sin
 
 
 def _append(current: tuple[Tensor, Tensor] | None, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

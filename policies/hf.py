@@ -398,7 +398,7 @@ position each history token had in its own frame (RoPE is applied at those posit
 """
 
 
-def _rotate_half(x: Tensor) -> Tensor:
+def rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -464,6 +464,34 @@ def _widen_mask(
     return torch.cat([history_additive, current], dim=-1)
 
 
+class InstanceForwardPatches:
+    """``forward`` replacements set as instance attributes on modules of one model instance
+    (never on a class), undone in reverse order of installation by ``restore()``."""
+
+    def __init__(self) -> None:
+        self._restore: list[tuple[nn.Module, Any]] = []
+
+    def install(self, module: nn.Module, forward: Callable[..., Any]) -> None:
+        previous = module.__dict__.get("forward")  # None: the class's forward was in use
+        module.forward = forward
+        self._restore.append((module, previous))
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [module for module, _ in self._restore]
+
+    def __len__(self) -> int:
+        return len(self._restore)
+
+    def restore(self) -> None:
+        for module, previous in reversed(self._restore):
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
+        self._restore.clear()
+
+
 class ConcatHistoryWrap:
     """The concat ablation: at the chosen layers, while ``armed``, the attention also attends
     to the stored history tokens (prepended to its keys/values, visible to every query).
@@ -496,25 +524,17 @@ class ConcatHistoryWrap:
         self._rotary = rotary
         self._history = history
         self._additive = implementation == "eager"
-        self._restore: list[tuple[nn.Module, Any]] = []
+        self._patches = InstanceForwardPatches()
         try:
             for layer in layers:
                 attention = adapter.self_attention(model, layer)
-                previous = attention.__dict__.get("forward")
-                wrapped = self._wrap(layer, attention.forward)
-                attention.forward = wrapped
-                self._restore.append((attention, previous))
+                self._patches.install(attention, self._wrap(layer, attention.forward))
         except BaseException:
             self.remove()
             raise
 
     def remove(self) -> None:
-        for attention, previous in reversed(self._restore):
-            if previous is None:
-                del attention.forward
-            else:
-                attention.forward = previous
-        self._restore.clear()
+        self._patches.restore()
         self.armed = False
 
     def _wrap(self, layer: int, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -532,7 +552,7 @@ class ConcatHistoryWrap:
             k_hist, v_hist, hist_valid, positions = history
             cos, sin = self._rotary(v_hist, positions[None, :].to(v_hist.device))
             cos, sin = cos[:, None], sin[:, None]  # (1, 1, L, D)
-            k_hist_rope = k_hist * cos + _rotate_half(k_hist) * sin
+            k_hist_rope = k_hist * cos + rotate_half(k_hist) * sin
             arguments["attention_mask"] = _widen_mask(
                 arguments.get("attention_mask"),
                 hist_valid,

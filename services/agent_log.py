@@ -39,6 +39,7 @@ from kv_store.base import Store
 from memory.clock import Clock, SystemClock, parse_timestamp
 from memory.temporal.coverage import COMMON_WORDS
 from memory.temporal.horizons import Embedder, words
+from memory.temporal.signals import content_text
 
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 KINDS = ("message", "tool_call", "tool_result", "llm_start")
@@ -187,7 +188,7 @@ class AgentEventLog:
             raise ValueError(f"call_id must be a non-empty string, got {call_id!r}")
         if name is not None:
             _check_name(name)
-        text = content if isinstance(content, str) else _to_text(content)
+        text = content if isinstance(content, str) else content_text(content)
         record: dict[str, Any] = {
             "kind": "tool_result",
             "call_id": call_id,
@@ -318,7 +319,7 @@ def event_text(event: Mapping[str, Any]) -> str:
     kind = event.get("kind")
     if kind == "message":
         message = event.get("message") or {}
-        parts = [_to_text(message.get("content"))]
+        parts = [content_text(message.get("content"))]
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             parts.append(f"{function.get('name', '')} {function.get('arguments', '')}")
@@ -402,18 +403,3 @@ def _call_message(name: str, arguments: str, call_id: str, when: str) -> dict[st
 def _check_name(name: str) -> None:
     if not isinstance(name, str) or not name or len(name) > 256:
         raise ValueError(f"tool name must be a non-empty string of <= 256 chars, got {name!r}")
-
-
-def _to_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(
-            str(p.get("text", "")) if isinstance(p, Mapping) else str(p) for p in content
-        )
-    try:
-        return json.dumps(content, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        return str(content)

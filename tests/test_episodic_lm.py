@@ -22,7 +22,7 @@ from memory.episodic import EpisodicConfig, EventStore
 from policies import EpisodicLM
 from policies.episodic_lm import passkey_prompt, sliding_window_baseline
 from policies.episodic_plot import plot_events
-from policies.hf import _rotate_half
+from policies.hf import rotate_half
 from policies.models import tiny_random_model
 
 Model = Any  # a transformers causal LM (typed loosely: its attributes are dynamic)
@@ -152,8 +152,8 @@ def dense_reference(model: Model, input_ids: Tensor, lm: EpisodicLM) -> Tensor:
                     k = torch.stack([keys[layer][i] for i in order], dim=1)  # (H, S, D)
                     v = torch.stack([values[layer][i] for i in order], dim=1)
                     cos, sin = decoder.rotary_emb(v[None], torch.arange(len(order))[None])
-                    k = k * cos[0] + _rotate_half(k) * sin[0]
-                    q = q * cos[0, -1] + _rotate_half(q) * sin[0, -1]  # (Hq, D)
+                    k = k * cos[0] + rotate_half(k) * sin[0]
+                    q = q * cos[0, -1] + rotate_half(q) * sin[0, -1]  # (Hq, D)
                     k = k.repeat_interleave(geometry.group_size, dim=0)  # (Hq, S, D)
                     v = v.repeat_interleave(geometry.group_size, dim=0)
                     weights = torch.softmax((k @ q[:, :, None])[..., 0] * attention.scaling, -1)

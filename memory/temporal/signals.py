@@ -198,7 +198,7 @@ def elapsed_signals(
                     "earlier tool call"
                 )
             name, made_at, args = calls[str(call_id)]
-            last_result[name] = (index, _content_text(message.get("content")), args, made_at)
+            last_result[name] = (index, content_text(message.get("content")), args, made_at)
     tools: dict[str, ToolTiming] = {}
     for name in last_call.keys() | last_result.keys():
         call_index = last_call.get(name)
@@ -223,8 +223,9 @@ def elapsed_signals(
     )
 
 
-def _content_text(content: Any) -> str:
-    """Message content as text: a string, or the text parts of a multi-part content list."""
+def content_text(content: Any) -> str:
+    """Message content as text: a string, the text parts of a multi-part content list, or
+    (for anything else, e.g. a tool's JSON result) canonical JSON."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -234,7 +235,10 @@ def _content_text(content: Any) -> str:
             str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
             for part in content
         )
-    return json.dumps(content)
+    try:
+        return json.dumps(content, sort_keys=True, default=str)
+    except (TypeError, ValueError):
+        return str(content)
 
 
 def item_ages(
