@@ -39,9 +39,7 @@ STORE_NOTE = (
 def _tensor_dict(mib: int) -> dict[str, torch.Tensor]:
     """Four float32 tensors totalling `mib` MiB, shaped like per-layer K/V (B, H, S, D)."""
     numel = mib * (1 << 20) // 4 // 4
-    return {
-        f"layer{i}": torch.randn(1, 4, numel // 256, 64).reshape(1, 4, -1, 64) for i in range(4)
-    }
+    return {f"layer{i}": torch.randn(1, 4, numel // 256, 64) for i in range(4)}
 
 
 # glibc returns freed large buffers to the OS by default, so every MiB read or written pays page

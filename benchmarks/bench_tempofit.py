@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.timing import compare, fmt_ms, median_time
-from memory import TempoFitConfig
+from memory import LayerwiseKVMemory, TempoFitConfig
 from policies import TempoFit, default_layers, load_smollm2
 
 PREFIX = 256
@@ -33,6 +33,13 @@ TEMPOFIT_NOTE = (
     "The paper's 1.045 (N=8) is for a ~3B VLA on a GPU, where the same retrieval is ~20x smaller "
     "relative to the forward. Frame stacking is the baseline TempoFit replaces."
 )
+
+
+def _frame_nbytes(memory: LayerwiseKVMemory) -> int:
+    """Bytes one stored frame adds: K and V slots of every memory layer."""
+    itemsize = torch.empty((), dtype=memory.dtype).element_size()
+    slot_elements = memory.batch_size * memory.num_kv_heads * memory.head_dim
+    return sum(2 * slot_elements * memory.slot_len(layer) * itemsize for layer in memory.layers)
 
 
 def run(repeats: int = 15) -> str:
@@ -63,18 +70,7 @@ def run(repeats: int = 15) -> str:
                 model(current)
 
         cmp = compare(with_memory, plain, repeats=repeats)
-        per_frame = (
-            tf.memory.frame_nbytes()
-            if hasattr(tf.memory, "frame_nbytes")
-            else (
-                len(layers)
-                * 2
-                * model.config.num_key_value_heads
-                * PREFIX
-                * (model.config.hidden_size // model.config.num_attention_heads)
-                * next(model.parameters()).element_size()
-            )
-        )
+        per_frame = _frame_nbytes(tf.memory)
         tf.remove()
         target = TARGETS.get(n)
         verdict = (
