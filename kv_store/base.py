@@ -17,7 +17,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from kv_store.codec import DEFAULT_MAX_RECORD_BYTES, check_meta, check_size, check_tensors
+from kv_store.codec import (
+    DEFAULT_MAX_RECORD_BYTES,
+    check_meta,
+    check_size,
+    check_tensors,
+    tensors_nbytes,
+)
 from kv_store.errors import CorruptRecord, RecordTooLarge
 
 TensorDict = dict[str, torch.Tensor]
@@ -132,11 +138,7 @@ class BaseStore(ABC):
                 raise ValueError(f"put_many: items[{key!r}] must be a (tensors, meta) tuple")
             tensors = check_tensors(item[0])
             meta = check_meta(item[1])
-            check_size(
-                sum(t.numel() * t.element_size() for t in tensors.values()),
-                self.max_record_bytes,
-                what=f"record {key!r}",
-            )
+            check_size(tensors_nbytes(tensors), self.max_record_bytes, what=f"record {key!r}")
             checked[key] = (tensors, meta)
         if checked:
             self._raw_put_many(checked, ttl)

@@ -363,10 +363,6 @@ def main() -> None:  # pragma: no cover - console entry
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @plot_app.command("events")
 def plot_events_command(
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("out/events.png"),
@@ -424,3 +420,7 @@ def plot_events_command(
     shown = tokenizer.decode(answer) if tokenizer is not None else str(answer)
     console.print(f"generated: {escape(shown)!r}")
     console.print(f"events: {len(lm.events())}; plot written to {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -160,9 +160,7 @@ def _http_result(status: int, body: Any) -> Any:
     raise TempomemHTTPError(status, detail)
 
 
-def _http_request(
-    session: SessionId, method: str, payload: dict[str, Any] | None
-) -> tuple[str, str]:
+def _http_request(session: SessionId, method: str) -> tuple[str, str]:
     if method not in _HTTP_ROUTES:
         raise ValueError(f"method must be one of {sorted(_HTTP_ROUTES)}, got {method!r}")
     if session.kind != "robot":
@@ -195,7 +193,7 @@ class HttpTransport:
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
     def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        verb, path = _http_request(session, method, payload)
+        verb, path = _http_request(session, method)
         response = self._http.request(
             verb, path, json=payload, headers={NAMESPACE_HEADER: session.namespace}
         )
@@ -221,7 +219,7 @@ class AsyncHttpTransport:
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        verb, path = _http_request(session, method, payload)
+        verb, path = _http_request(session, method)
         response = await self._http.request(
             verb, path, json=payload, headers={NAMESPACE_HEADER: session.namespace}
         )

@@ -108,8 +108,6 @@ class StepRequest(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> StepRequest:
-        if self.prefix_len > len(self.input_ids):
-            raise ValueError(f"prefix_len {self.prefix_len} > len(input_ids) {len(self.input_ids)}")
         for c, choice in enumerate(self.choices or []):
             if len(self.input_ids) + len(choice) > MAX_INPUT_TOKENS:
                 raise ValueError(
