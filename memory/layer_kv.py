@@ -172,6 +172,31 @@ class LayerwiseKVMemory:
             prefix_lens: optional (B,) ints in 1..S; session b keeps only its first
                 ``prefix_lens[b]`` tokens (the rest may be padding with any content).
         """
+        self.push_frame({layer: (k, v)}, t, prefix_lens)
+
+    def push_frame(
+        self,
+        frames: Mapping[int, tuple[Tensor, Tensor]],
+        t: float | Tensor,
+        prefix_lens: Tensor | list[int] | None = None,
+    ) -> None:
+        """Store one frame at several layers, all or nothing: every layer's ``(k, v)`` is
+        validated (shapes, NaN/inf, time order) before any is written. Arguments as ``push``."""
+        times = self._session_times(t)
+        checked = [
+            self._checked_push(layer, k, v, times, prefix_lens) for layer, (k, v) in frames.items()
+        ]
+        for ring, k, v, token_mask in checked:
+            self._write_slot(ring, k, v, token_mask, times)
+
+    def _checked_push(
+        self,
+        layer: int,
+        k: Tensor,
+        v: Tensor,
+        times: Tensor,
+        prefix_lens: Tensor | list[int] | None,
+    ) -> tuple[_LayerRing, Tensor, Tensor, Tensor | None]:
         ring = self._ring(layer)
         self._check_kv_input("k", k)
         self._check_kv_input("v", v)
@@ -179,18 +204,20 @@ class LayerwiseKVMemory:
             raise ValueError(
                 f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
             )
-        seq_len = k.shape[2]
-        token_mask = self._token_mask(prefix_lens, seq_len)  # (B, S) or None for all tokens
-        self._check_finite("k", k, token_mask)
-        self._check_finite("v", v, token_mask)
-        times = self._session_times(t)
+        token_mask = self._token_mask(prefix_lens, k.shape[2])  # (B, S) or None for all tokens
+        self._check_finite("k", k, token_mask, f" at layer {layer}")
+        self._check_finite("v", v, token_mask, f" at layer {layer}")
         self._check_time_order(layer, ring, times, "push")
+        return ring, k.detach(), v.detach(), token_mask
 
+    def _write_slot(
+        self, ring: _LayerRing, k: Tensor, v: Tensor, token_mask: Tensor | None, times: Tensor
+    ) -> None:
+        seq_len = k.shape[2]
         self._ensure_slot_len(ring, seq_len)
         assert ring.keys is not None and ring.values is not None
         assert ring.token_valid is not None and ring.frame_time is not None
         slot = ring.next_slot
-        k, v = k.detach(), v.detach()
         if token_mask is None:
             ring.keys[:, :, slot, :seq_len] = k
             ring.values[:, :, slot, :seq_len] = v
@@ -535,7 +562,7 @@ class LayerwiseKVMemory:
             raise ValueError(f"{name} is on {x.device}, this memory is on {self.device}")
 
     @staticmethod
-    def _check_finite(name: str, x: Tensor, token_mask: Tensor | None) -> None:
+    def _check_finite(name: str, x: Tensor, token_mask: Tensor | None, where: str = "") -> None:
         """No NaN/inf in ``x`` (B, H, S, D), ignoring tokens outside ``token_mask`` (B, S)."""
         bad = ~torch.isfinite(x)
         if token_mask is not None:
@@ -543,7 +570,7 @@ class LayerwiseKVMemory:
         if bool(bad.any()):
             b, h, s, _ = (int(i) for i in bad.nonzero()[0])
             raise ValueError(
-                f"{name} contains NaN or inf (first at batch {b}, head {h}, token {s})"
+                f"{name} contains NaN or inf (first at batch {b}, head {h}, token {s}){where}"
             )
 
     def _token_mask(self, prefix_lens: Tensor | list[int] | None, seq_len: int) -> Tensor | None:

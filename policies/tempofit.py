@@ -336,13 +336,10 @@ class TempoFit:
                 f"the prefix forward did not reach layers {missing} (did it fail inside the "
                 f"step?); no frame was pushed"
             )
-        # Check every layer before pushing any, so that a bad frame never lands half-stored.
-        for layer, (key, value) in state.frames.items():
-            if not (bool(torch.isfinite(key).all()) and bool(torch.isfinite(value).all())):
-                raise ValueError(f"the frame's prefix K/V at layer {layer} contains NaN or inf")
-        for layer in self.config.layers:
-            key, value = state.frames[layer]
-            self.memory.push(layer, key, value, state.time)
+        # All or nothing: the memory validates every layer before it stores any.
+        self.memory.push_frame(
+            {layer: state.frames[layer] for layer in self.config.layers}, state.time
+        )
         self._steps_pushed += 1
 
     def __repr__(self) -> str:

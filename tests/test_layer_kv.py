@@ -621,3 +621,15 @@ def test_config_is_frozen() -> None:
     config = TempoFitConfig(layers=[1])
     with pytest.raises(ValidationError):
         config.capacity = 4  # type: ignore[misc]
+
+
+def test_push_frame_is_all_or_nothing_across_layers() -> None:
+    memory = LayerwiseKVMemory(TempoFitConfig(layers=[1, 4], capacity=2), 2, 8)
+    good = torch.randn(1, 2, 5, 8)
+    bad = good.clone()
+    bad[0, 1, 3, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"k contains NaN.*at layer 4"):
+        memory.push_frame({1: (good, good), 4: (bad, good)}, 0.0)
+    assert memory.num_frames(1) == 0 and memory.num_frames(4) == 0
+    memory.push_frame({1: (good, good), 4: (good, good)}, 0.0)
+    assert memory.num_frames(1) == 1 and memory.num_frames(4) == 1
