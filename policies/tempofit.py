@@ -205,6 +205,19 @@ class TempoFit:
         """Frames pushed since construction or ``reset()`` (the default t for step units)."""
         return self._steps_pushed
 
+    def set_batch_size(self, batch_size: int) -> None:
+        """Give the memory ``batch_size`` sessions; only while it holds no frame (ValueError
+        otherwise: stored frames belong to the sessions they were pushed for)."""
+        if batch_size == self.memory.batch_size:
+            return
+        if self._steps_pushed or any(self.memory.num_frames(layer) for layer in self.config.layers):
+            raise ValueError(
+                f"forward batch size {batch_size} != the memory's "
+                f"{self.memory.batch_size} sessions (reset() does not change it; build a "
+                f"TempoFit with batch_size={batch_size})"
+            )
+        self.memory = self._new_memory(batch_size)
+
     def state_dict(self) -> dict[str, Any]:
         """The memory's state plus the step counter, so a session restored in another process
         goes on exactly (same default t; the memory's frame times keep the time-order check)."""
@@ -262,15 +275,7 @@ class TempoFit:
                 f"prefix_len {state.prefix_len} > sequence length {info.seq_len} of the forward"
             )
         if info.batch_size != self.memory.batch_size:
-            if self._steps_pushed or any(
-                self.memory.num_frames(layer) for layer in self.config.layers
-            ):
-                raise ValueError(
-                    f"forward batch size {info.batch_size} != the memory's "
-                    f"{self.memory.batch_size} sessions (reset() does not change it; build a "
-                    f"TempoFit with batch_size={info.batch_size})"
-                )
-            self.memory = self._new_memory(info.batch_size)
+            self.set_batch_size(info.batch_size)
         state.prefix_forward_running = True
         self._tap.prefix_len = state.prefix_len
         if self._concat is not None:

@@ -265,19 +265,8 @@ class StepEngine:
 
     def _use_batch(self, batch_size: int) -> None:
         """Give the TempoFit an (empty) memory of ``batch_size`` sessions if it has another."""
-        from memory import LayerwiseKVMemory
-
-        tf = self.tempofit
-        tf.reset()
-        if tf.memory.batch_size != batch_size:
-            tf.memory = LayerwiseKVMemory(
-                self.config,
-                num_kv_heads=tf.memory.num_kv_heads,
-                head_dim=tf.memory.head_dim,
-                batch_size=batch_size,
-                dtype=tf.memory.dtype,
-                device=tf.memory.device,
-            )
+        self.tempofit.reset()
+        self.tempofit.set_batch_size(batch_size)
 
     def _run_batch(
         self, items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]]
