@@ -22,7 +22,8 @@ window never exceeds ``n_local + chunk_size`` tokens (chunks that fill the sinks
 
     [sinks] [retrieved events, temporal order] [local window] [chunk, causal]
 
-The events are chosen per layer with ``retrieve_events`` from the chunk's pre-RoPE queries and
+The events are chosen per layer with ``retrieve_packed`` (``retrieve_events`` on representatives
+the event store packs once per change of its events) from the chunk's pre-RoPE queries and
 the events' pre-RoPE representative keys (k_s similar + k_c contiguous, at most ``budget``
 tokens). Generation is the same path with one-token chunks; retrieval runs at every step, or
 every ``retrieve_every`` steps (the previous step's selection is reused in between). Each
@@ -76,7 +77,7 @@ from memory.episodic import (
     TensorBacking,
     key_similarity,
     refine_boundaries,
-    retrieve_events,
+    retrieve_packed,
     select_representatives,
     surprise_boundaries,
     token_surprise,
@@ -561,7 +562,7 @@ class EpisodicLM:
 
     def _retrieve(self, layer: int, query: Tensor, state: _ChunkState) -> list[int]:
         """Ids (temporal order) of the events this layer's chunk attends, chosen by
-        ``retrieve_events`` from its pre-RoPE queries (Hq, T, D), or the previous selection on
+        ``retrieve_packed`` from its pre-RoPE queries (Hq, T, D), or the previous selection on
         reuse steps."""
         if not self.memory or len(self.store) == 0:
             return []
@@ -569,11 +570,14 @@ class EpisodicLM:
         if state.reuse and layer in self._selection:
             ids = self._selection[layer]
         else:
+            packed = self.store.packed_representatives(f"layer.{layer}")
+            if packed is None:
+                return []
             if state.sizes is None:
                 state.sizes = self.store.sizes()
-            ids = retrieve_events(
+            ids = retrieve_packed(
                 query,
-                self.store.representatives(f"layer.{layer}"),
+                *packed,
                 state.sizes,
                 config.k_similar,
                 config.k_contiguous,

@@ -58,3 +58,19 @@ def test_event_store_state_round_trip_through_the_store(store: BaseStore) -> Non
     assert restored.ids() == source.ids() and restored.sizes() == source.sizes()
     for i in range(4):
         assert _same(restored.get(i), _event(i, length=3 + i))
+
+
+def test_packed_representatives_follow_adds_evictions_and_clear() -> None:
+    from memory.episodic import pack_representatives
+
+    store = EventStore(max_events=3)
+    assert store.packed_representatives("layer.2") is None
+    for i in range(5):  # the 4th and 5th adds evict the oldest events
+        store.add(_event(i, length=3 + i))
+        ids, packed, valid = store.packed_representatives("layer.2")
+        want_ids, want_packed, want_valid = pack_representatives(store.representatives("layer.2"))
+        assert ids == want_ids == store.ids()
+        assert torch.equal(packed, want_packed) and torch.equal(valid, want_valid)
+    assert store.packed_representatives("layer.2") is store.packed_representatives("layer.2")
+    store.clear()
+    assert store.packed_representatives("layer.2") is None

@@ -14,7 +14,12 @@ from memory.episodic.refinement import (
     refine_boundaries,
     refine_boundaries_loop,
 )
-from memory.episodic.retrieval import event_scores, pack_representatives, retrieve_events
+from memory.episodic.retrieval import (
+    event_scores,
+    pack_representatives,
+    retrieve_events,
+    retrieve_packed,
+)
 from memory.episodic.surprise import (
     split_long_events,
     surprise_boundaries,
@@ -35,6 +40,7 @@ __all__ = [
     "refine_boundaries_loop",
     "representative_indices",
     "retrieve_events",
+    "retrieve_packed",
     "select_representatives",
     "split_long_events",
     "surprise_boundaries",

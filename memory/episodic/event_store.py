@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from memory.episodic.events import Event
+from memory.episodic.retrieval import pack_representatives
 
 STATE_FORMAT = "tempomem.episodic.event_store/1"
 RECORD_FORMAT = "tempomem.episodic.event/1"
@@ -84,6 +85,8 @@ class EventStore:
         self.cache_hits = 0
         self.cache_misses = 0
         self._events: OrderedDict[int, Event] = OrderedDict()
+        # pack_representatives() of one representatives name, kept until the events change.
+        self._packed: dict[str, tuple[list[int], Tensor, Tensor]] = {}
         self._hot: OrderedDict[int, Event] = OrderedDict()
         self._nbytes = 0
 
@@ -152,6 +155,16 @@ class EventStore:
             if name in event.representatives
         }
 
+    def packed_representatives(self, name: str) -> tuple[list[int], Tensor, Tensor] | None:
+        """``pack_representatives(self.representatives(name))``: (ids, (E, H, R, D), (E, R)),
+        or None without any; computed once per change of the stored events."""
+        if name not in self._packed:
+            candidates = self.representatives(name)
+            if not candidates:
+                return None
+            self._packed[name] = pack_representatives(candidates)
+        return self._packed[name]
+
     def sizes(self) -> dict[int, int]:
         """Event id -> tokens, for the events in CPU memory."""
         return {event_id: event.num_tokens for event_id, event in self._events.items()}
@@ -159,6 +172,7 @@ class EventStore:
     def clear(self) -> None:
         """Forget every event in memory (the backing store is left as it is)."""
         self._events.clear()
+        self._packed.clear()
         self._hot.clear()
         self._nbytes = 0
 
@@ -204,6 +218,7 @@ class EventStore:
             self._insert(_on_cpu(event))
 
     def _insert(self, event: Event) -> None:
+        self._packed.clear()
         self._events[event.event_id] = event
         self._nbytes += event.nbytes
         while len(self._events) > self.max_events or self._nbytes > self.max_bytes:

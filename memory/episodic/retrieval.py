@@ -109,8 +109,34 @@ def retrieve_events(
         raise ValueError("event_sizes must be ints >= 1")
     if not events_repr:
         return []
-
     ids, packed, valid = pack_representatives(events_repr)
+    return retrieve_packed(
+        query,
+        ids,
+        packed,
+        valid,
+        event_sizes,
+        k_similar,
+        k_contiguous,
+        budget_tokens,
+        contiguity_queue,
+    )
+
+
+def retrieve_packed(
+    query: Tensor,
+    ids: list[int],
+    packed: Tensor,
+    valid: Tensor,
+    event_sizes: Mapping[int, int],
+    k_similar: int,
+    k_contiguous: int,
+    budget_tokens: int,
+    contiguity_queue: deque[int] | None = None,
+) -> list[int]:
+    """``retrieve_events`` on candidates already packed by ``pack_representatives`` (ids
+    ascending, representatives (E, H, R, D), valid (E, R)); arguments are not re-validated, so
+    a caller that retrieves every step packs once per change of its events."""
     scores = event_scores(query, packed, valid).cpu()
     ranking = torch.sort(scores, descending=True, stable=True).indices.tolist()
     remaining = budget_tokens
@@ -129,12 +155,13 @@ def retrieve_events(
             queue.remove(event_id)
         queue.append(event_id)
     chosen = set(similar)
+    candidates = set(ids)
     added = 0
     for event_id in reversed(queue):
         for neighbour in (event_id + 1, event_id - 1):
             if added >= k_contiguous:
                 break
-            if neighbour not in events_repr or neighbour in chosen:
+            if neighbour not in candidates or neighbour in chosen:
                 continue
             size = int(event_sizes[neighbour])
             if size <= remaining:
