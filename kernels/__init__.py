@@ -6,7 +6,7 @@ imported only when the Triton backend runs, so this package imports without trit
 
 from kernels.blocked import fgtb_blocked
 from kernels.dispatch import fgtb_retrieve, resolve_backend, triton_available
-from kernels.reference import fgtb_reference
+from kernels.reference import fgtb_reference, fgtb_scores
 from kernels.slopes import alibi_slopes
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "fgtb_blocked",
     "fgtb_reference",
     "fgtb_retrieve",
+    "fgtb_scores",
     "resolve_backend",
     "triton_available",
 ]

@@ -13,6 +13,26 @@ import torch
 from torch import Tensor
 
 
+def fgtb_scores(
+    query: Tensor,
+    k_hist: Tensor,
+    hist_time: Tensor,
+    hist_valid: Tensor,
+    t: Tensor,
+    slopes: Tensor,
+    bias_scale: float,
+    scale: float | None = None,
+) -> Tensor:
+    """The FGTB scores (B, H, S, L) fp32: ``scale * Q K_hist^T + B``, -inf at invalid tokens.
+    Arguments as ``fgtb_reference``."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    gap = (t.float()[:, None] - hist_time.float()).abs()  # (B, L)
+    bias = -bias_scale * slopes.float()[None, :, None] * gap[:, None, :]  # (B, H, L)
+    scores = scale * (query.float() @ k_hist.float().transpose(-1, -2)) + bias[:, :, None, :]
+    return scores.masked_fill(~hist_valid[:, None, None, :], float("-inf"))
+
+
 def fgtb_reference(
     query: Tensor,
     k_hist: Tensor,
@@ -39,18 +59,11 @@ def fgtb_reference(
     Returns:
         (k_ctx, v_ctx), each (B, H, S, D) in query.dtype. Rows with no valid token are zeros.
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
     if k_hist.shape[2] == 0:  # empty history: every row has no valid token
         return torch.zeros_like(query), torch.zeros_like(query)
-    q = query.float()
     k = k_hist.float()
     v = v_hist.float()
-
-    gap = (t.float()[:, None] - hist_time.float()).abs()  # (B, L)
-    bias = -bias_scale * slopes.float()[None, :, None] * gap[:, None, :]  # (B, H, L)
-    scores = scale * (q @ k.transpose(-1, -2)) + bias[:, :, None, :]  # (B, H, S, L)
-    scores = scores.masked_fill(~hist_valid[:, None, None, :], float("-inf"))
+    scores = fgtb_scores(query, k_hist, hist_time, hist_valid, t, slopes, bias_scale, scale)
 
     # Subtract a finite row max; a row whose scores are all -inf (no valid token) then gives
     # exp(-inf) = 0 everywhere and ends up as zeros instead of NaN.

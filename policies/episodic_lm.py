@@ -87,7 +87,7 @@ from policies.hf import (
     HeadLayout,
     InstanceForwardPatches,
     adapter_for,
-    rotate_half,
+    apply_rope,
     text_config,
 )
 
@@ -335,7 +335,7 @@ class EpisodicLM:
         return torch.cat(outputs) if return_logits else outputs[-1][0]
 
     def _local_len(self) -> int:
-        return len(self.tokens) - max(self._local_start, self.n_sinks)
+        return len(self.tokens) - self._local_start
 
     def _forward_chunk(self, chunk: Tensor, phase: str) -> Tensor:
         """Run the model on ``chunk`` (T,) with episodic attention; commit it; logits (T, V)."""
@@ -370,7 +370,7 @@ class EpisodicLM:
                 start,
                 start + count,
                 self.n_sinks,
-                max(self._local_start, self.n_sinks),
+                self._local_start,
                 state.phase,
                 state.retrieved,
             )
@@ -380,9 +380,13 @@ class EpisodicLM:
         self._prev_logits = logits[-1]
         to_sinks = max(0, min(count, config.n_init - self.n_sinks))
         for layer, (k, v) in state.kv.items():
-            self._sinks[layer] = _append(self._sinks.get(layer), k[:, :to_sinks], v[:, :to_sinks])
+            if to_sinks:  # once the sinks are full, do not copy them again every step
+                self._sinks[layer] = _append(
+                    self._sinks.get(layer), k[:, :to_sinks], v[:, :to_sinks]
+                )
             self._local[layer] = _append(self._local.get(layer), k[:, to_sinks:], v[:, to_sinks:])
         self.tokens.extend(chunk.tolist())
+        # The local window starts after the sinks: every reader of _local_start relies on it.
         self._local_start = max(self._local_start, self.n_sinks)
         if self._local_len() >= config.n_local + config.chunk_size:
             self._evict(self._local_len() - config.n_local)
@@ -488,10 +492,12 @@ class EpisodicLM:
         cos, sin = self._rope_table(past + tokens)
         cos, sin = cos[past:], sin[past:]
         context.append(
-            _rope(k.float(), cos, sin), v.float(), torch.arange(state.start, state.start + tokens)
+            apply_rope(k.float(), cos, sin),
+            v.float(),
+            torch.arange(state.start, state.start + tokens),
         )
         keys, values, index = context.view()
-        query = _rope(q.float(), cos, sin)
+        query = apply_rope(q.float(), cos, sin)
         visible = torch.ones(tokens, past + tokens, dtype=torch.bool, device=keys.device)
         visible[:, past:] = torch.ones(tokens, tokens, dtype=torch.bool, device=keys.device).tril()
         if self.attention_observer is not None:
@@ -516,7 +522,7 @@ class EpisodicLM:
         previous chunk when it holds the same events, sinks and local start and every token
         committed since (decoding), else rebuilt."""
         ids = self._retrieve(layer, query, state)
-        local_start = max(self._local_start, self.n_sinks)
+        local_start = self._local_start
         signature = (tuple(ids), self.n_sinks, local_start)
         context = self._contexts.get(layer)
         if context is not None and context.signature == signature and context.end == state.start:
@@ -543,7 +549,7 @@ class EpisodicLM:
         cos, sin = self._rope_table(keys.shape[1])
         capacity = keys.shape[1] + self.config.n_local + 2 * self.config.chunk_size
         context = _RopedContext(signature, state.retrieved[layer], capacity, heads, dim, device)
-        context.append(_rope(keys, cos, sin), values, torch.tensor(index, dtype=torch.long))
+        context.append(apply_rope(keys, cos, sin), values, torch.tensor(index, dtype=torch.long))
         self._contexts[layer] = context
         return context
 
@@ -631,11 +637,6 @@ class _RopedContext:
         """Keys, values (H, n, D) and stream indices (n,) of the tokens held."""
         n = self.length
         return self.keys[:, :n], self.values[:, :n], self.index[:n]
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """RoPE of ``x`` (..., n, D) at the positions whose cos/sin (n, D) are given."""
-    return x * cos + rotate_half(x) * sin
 
 
 def _append(current: tuple[Tensor, Tensor] | None, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:

@@ -403,6 +403,11 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding of ``x`` (..., T, D) with tables ``cos``/``sin`` (T, D)."""
+    return x * cos + rotate_half(x) * sin
+
+
 class _HistoryPrependingCache:
     """Stand-in for ``past_key_values`` inside one attention forward: ``update()`` lets the real
     cache (if any) store only the current tokens, then prepends the history to what the
@@ -552,7 +557,7 @@ class ConcatHistoryWrap:
             k_hist, v_hist, hist_valid, positions = history
             cos, sin = self._rotary(v_hist, positions[None, :].to(v_hist.device))
             cos, sin = cos[:, None], sin[:, None]  # (1, 1, L, D)
-            k_hist_rope = k_hist * cos + rotate_half(k_hist) * sin
+            k_hist_rope = apply_rope(k_hist, cos, sin)
             arguments["attention_mask"] = _widen_mask(
                 arguments.get("attention_mask"),
                 hist_valid,

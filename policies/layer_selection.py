@@ -88,14 +88,11 @@ def _retrieval_concentration(
 ) -> float:
     """Mean ``1 - H(W)/log(n)`` of the FGTB weights of ``query`` (B, H, S, D) over
     ``k_hist`` (B, H, L, D) with times (B, L) and validity (B, L); same formula as the kernel."""
-    batch, heads, _, dim = query.shape
+    batch, heads = query.shape[:2]
     slopes = kernels.alibi_slopes(heads).to(query.device)
     now = torch.as_tensor(time, dtype=torch.float64).expand(batch).to(torch.float32)
-    gap = (now[:, None] - hist_time.float()).abs()  # (B, L)
-    bias = -bias_scale * slopes[None, :, None, None] * gap[:, None, None, :]
-    scores = query.float() @ k_hist.float().transpose(-1, -2) / math.sqrt(dim) + bias
+    scores = kernels.fgtb_scores(query, k_hist, hist_time, hist_valid, now, slopes, bias_scale)
     valid = hist_valid[:, None, None, :]
-    scores = scores.masked_fill(~valid, float("-inf"))
     log_weights = torch.log_softmax(scores, dim=-1)
     weights = log_weights.exp()
     entropy = -(weights * log_weights.masked_fill(~valid, 0.0)).sum(-1)  # (B, H, S)
