@@ -28,7 +28,7 @@ from memory.temporal.horizons import (
     Volatility,
     fresh_for,
 )
-from memory.temporal.injection import inject_time
+from memory.temporal.injection import elapsed_line, inject_time
 from memory.temporal.signals import (
     ElapsedSignals,
     ToolTiming,
@@ -56,6 +56,7 @@ __all__ = [
     "always_call",
     "check_coverage",
     "describe_signals",
+    "elapsed_line",
     "elapsed_signals",
     "evaluate",
     "fixed_ttl",

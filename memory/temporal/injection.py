@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from memory.clock import Clock
-from memory.temporal.signals import describe_signals, elapsed_signals, humanize_duration
+from memory.temporal.signals import (
+    ElapsedSignals,
+    describe_signals,
+    elapsed_signals,
+    humanize_duration,
+)
 
 if TYPE_CHECKING:
     from memory.temporal.advisor import Decision, ToolCallAdvisor, ToolLike
@@ -56,17 +61,22 @@ def inject_time(
         elif isinstance(content, list):
             new["content"] = [{"type": "text", "text": prefix.rstrip()}, *content]
         rewritten.append(new)
+    insert_at = 0
+    while insert_at < len(rewritten) and rewritten[insert_at].get("role") == "system":
+        insert_at += 1
+    rewritten.insert(insert_at, {"role": "system", "content": elapsed_line(signals, decision)})
+    return rewritten
+
+
+def elapsed_line(signals: ElapsedSignals, decision: Decision | None = None) -> str:
+    """The system line `inject_time` adds: "Current time: ... Elapsed: ... <advice>"."""
     lines = [f"Current time: {format_time(signals.now)}."]
     elapsed = describe_signals(signals)
     if elapsed:
         lines.append("Elapsed: " + "; ".join(elapsed) + ".")
     if decision is not None:
         lines.append(_advice(decision))
-    insert_at = 0
-    while insert_at < len(rewritten) and rewritten[insert_at].get("role") == "system":
-        insert_at += 1
-    rewritten.insert(insert_at, {"role": "system", "content": " ".join(lines)})
-    return rewritten
+    return " ".join(lines)
 
 
 def _ago(seconds: float) -> str:

@@ -25,7 +25,6 @@ A `StoreUnavailable` store makes every hook a no-op (the agent runs without memo
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
@@ -46,20 +45,9 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 
-from kv_store import StoreUnavailable
-from memory.temporal import ToolCallAdvisor, inject_time
-from memory.temporal.signals import elapsed_signals
+from memory.temporal import ToolCallAdvisor
 from services.agent_log import AgentEventLog
-
-log = logging.getLogger(__name__)
-
-
-def _safe(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except StoreUnavailable as err:
-        log.warning("tempomem: %s skipped, store unavailable: %s", what, err)
-        return None
+from services.hooks import _core
 
 
 def _text(content: Any) -> str:
@@ -107,14 +95,14 @@ class TempoCallbackHandler(BaseCallbackHandler):
                 key = message.id or f"{index}:{_text(message.content)}"
                 if key not in self._seen_human:
                     self._seen_human.add(key)
-                    _safe(
+                    _core.safe(
                         "user message",
                         self.log.record_message,
                         {"role": "user", "content": _text(message.content)},
                     )
                 break
         name = (serialized or {}).get("name") or (kwargs.get("metadata") or {}).get("ls_model_name")
-        _safe("llm start", self.log.record_llm_start, str(name) if name else None)
+        _core.safe("llm start", self.log.record_llm_start, str(name) if name else None)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> Any:
         for generations in response.generations:
@@ -123,7 +111,7 @@ class TempoCallbackHandler(BaseCallbackHandler):
                 if isinstance(message, AIMessage) and not message.tool_calls:
                     text = _text(message.content)
                     if text:
-                        _safe(
+                        _core.safe(
                             "assistant message",
                             self.log.record_message,
                             {"role": "assistant", "content": text},
@@ -142,7 +130,7 @@ class TempoCallbackHandler(BaseCallbackHandler):
         call_id = kwargs.get("tool_call_id") or f"run_{run_id.hex}"
         self._tools[run_id] = call_id
         arguments = inputs if inputs is not None else _as_arguments(input_str)
-        _safe("tool call", self.log.record_tool_call, name, arguments, call_id=str(call_id))
+        _core.safe("tool call", self.log.record_tool_call, name, arguments, call_id=str(call_id))
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> Any:
         call_id = self._tools.pop(run_id, None)
@@ -154,7 +142,7 @@ class TempoCallbackHandler(BaseCallbackHandler):
             name = kwargs.get("name")
             content = output
         if call_id is not None:
-            _safe(
+            _core.safe(
                 "tool result",
                 self.log.record_tool_result,
                 str(call_id),
@@ -165,7 +153,7 @@ class TempoCallbackHandler(BaseCallbackHandler):
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> Any:
         call_id = self._tools.pop(run_id, None)
         if call_id is not None:
-            _safe("tool error", self.log.record_tool_result, str(call_id), f"error: {error}")
+            _core.safe("tool error", self.log.record_tool_result, str(call_id), f"error: {error}")
 
 
 def _as_arguments(input_str: str) -> dict[str, Any]:
@@ -217,7 +205,7 @@ class TempoMiddleware(AgentMiddleware):
                 )
 
     def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        _safe("state sync", self._record_state, state["messages"])
+        _core.safe("state sync", self._record_state, state["messages"])
         return None
 
     async def abefore_model(
@@ -226,7 +214,7 @@ class TempoMiddleware(AgentMiddleware):
         return self.before_model(state, runtime)
 
     def after_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        _safe("state sync", self._record_state, state["messages"])
+        _core.safe("state sync", self._record_state, state["messages"])
         return None
 
     async def aafter_model(
@@ -237,21 +225,12 @@ class TempoMiddleware(AgentMiddleware):
     # -- injection -----------------------------------------------------------------------------
     def time_line(self, tools: Sequence[Any] | None = None) -> str | None:
         """'Current time: ... Elapsed: ... Advice: ...' for the logged conversation."""
-        messages = self.log.messages()
-        if not any(m.get("role") == "user" for m in messages):
-            return None
-        now = max(self.log.clock.now(), elapsed_signals(messages).now)
         specs = self.tool_specs if self.tool_specs is not None else _openai_tools(tools or [])
-        decision = self.advisor.decide(messages, specs, now=now)
-        injected = inject_time(messages, now=now, decision=decision)
-        leading = next(
-            (i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages)
-        )
-        return str(injected[leading]["content"])
+        return _core.time_line(self.log, self.advisor, specs)
 
     def _inject(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
-        _safe("state sync", self._record_state, request.messages)
-        line = _safe("time injection", self.time_line, request.tools)
+        _core.safe("state sync", self._record_state, request.messages)
+        line = _core.safe("time injection", self.time_line, request.tools)
         if not line:
             return request
         current = request.system_message
@@ -270,44 +249,34 @@ class TempoMiddleware(AgentMiddleware):
     def cached_result(self, name: str, arguments: Mapping[str, Any], tool: Any) -> str | None:
         """The last result of `name` when the advisor says it is fresh for the newest request
         and the cached call had the same arguments; else None."""
-        messages = self.log.messages()
-        if not any(m.get("role") == "user" for m in messages):
-            return None
-        now = max(self.log.clock.now(), elapsed_signals(messages).now)
-        timing = elapsed_signals(messages, now=now).tools.get(name)
-        if timing is None or timing.last_result_content is None:
-            return None
-        if dict(arguments) != dict(timing.last_result_arguments):
-            return None
         specs = (
             self.tool_specs
             if self.tool_specs is not None
             else _openai_tools([tool] if tool else [])
         )
-        decision = self.advisor.decide(messages, specs or None, now=now)
-        if decision.call_tool or decision.tool != name:
-            return None
-        return timing.last_result_content
+        return _core.cached_result(self.log, self.advisor, name, arguments, specs or None)
 
     def _before_tool(self, request: Any) -> ToolMessage | None:
         call = request.tool_call
         name, call_id, args = call["name"], str(call["id"]), dict(call.get("args") or {})
         if f"call:{call_id}" not in self._seen:
             self._seen.add(f"call:{call_id}")
-            _safe("tool call", self.log.record_tool_call, name, args, call_id=call_id)
+            _core.safe("tool call", self.log.record_tool_call, name, args, call_id=call_id)
         tool = request.tool if isinstance(request.tool, BaseTool) else None
-        cached = _safe("cache lookup", self.cached_result, name, args, tool)
+        cached = _core.safe("cache lookup", self.cached_result, name, args, tool)
         if cached is None:
             return None
         self.short_circuits += 1
         self._seen.add(f"tool:{call_id}")
-        _safe("tool result", self.log.record_tool_result, call_id, cached, name=name, cached=True)
+        _core.safe(
+            "tool result", self.log.record_tool_result, call_id, cached, name=name, cached=True
+        )
         return ToolMessage(content=cached, tool_call_id=call_id, name=name)
 
     def _after_tool(self, request: Any, result: Any) -> None:
         if isinstance(result, ToolMessage) and f"tool:{result.tool_call_id}" not in self._seen:
             self._seen.add(f"tool:{result.tool_call_id}")
-            _safe(
+            _core.safe(
                 "tool result",
                 self.log.record_tool_result,
                 result.tool_call_id,

@@ -35,9 +35,9 @@ from agents.tool import Tool
 from agents.tool_context import ToolContext
 
 from kv_store import StoreUnavailable
-from memory.temporal import Decision, ToolCallAdvisor, inject_time
-from memory.temporal.signals import elapsed_signals
+from memory.temporal import Decision, ToolCallAdvisor
 from services.agent_log import AgentEventLog
+from services.hooks import _core
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +102,6 @@ class AgentsTempoHook:
                     self._last_user = key
                 return
 
-    def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except StoreUnavailable as err:
-            log.warning("tempomem: %s skipped, store unavailable: %s", what, err)
-            return None
-
     # -- advice --------------------------------------------------------------------------------
     def _tools_for(self, agent: Agent[Any] | None) -> list[dict[str, Any]] | None:
         if self.tools is not None:
@@ -121,27 +114,15 @@ class AgentsTempoHook:
     def advice(self, agent: Agent[Any] | None = None) -> tuple[list[dict[str, Any]], Decision]:
         """The logged messages and the advisor's decision for the newest user message."""
         messages = self.log.messages()
-        decision = self.advisor.decide(messages, self._tools_for(agent), now=self._now(messages))
+        decision = self.advisor.decide(
+            messages, self._tools_for(agent), now=_core.now_for(self.log, messages)
+        )
         return messages, decision
-
-    def _now(self, messages: list[dict[str, Any]]) -> float:
-        now = self.log.clock.now()
-        last = elapsed_signals(messages).now if messages else now
-        return max(now, last)
 
     def time_line(self, agent: Agent[Any] | None = None) -> str | None:
         """'Current time: ... Elapsed: ... Advice: ...' for the logged conversation, or None
         when there is no user message yet."""
-        messages = self.log.messages()
-        if not any(m.get("role") == "user" for m in messages):
-            return None
-        now = self._now(messages)
-        decision = self.advisor.decide(messages, self._tools_for(agent), now=now)
-        injected = inject_time(messages, now=now, decision=decision)
-        leading = next(
-            (i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages)
-        )
-        return str(injected[leading]["content"])
+        return _core.time_line(self.log, self.advisor, self._tools_for(agent))
 
     # -- the model-input filter ----------------------------------------------------------------
     def input_filter(self, data: CallModelData[Any]) -> ModelInputData:
@@ -167,7 +148,7 @@ class AgentsTempoHook:
         spec = tool_spec(tool)
 
         async def on_invoke_tool(ctx: ToolContext[Any], arguments: str) -> Any:
-            cached = self._safe("cache lookup", self.cached_result, tool.name, arguments, spec)
+            cached = _core.safe("cache lookup", self.cached_result, tool.name, arguments, spec)
             if cached is not None:
                 self._cached_calls.add(ctx.tool_call_id)
                 self.short_circuits += 1
@@ -181,25 +162,14 @@ class AgentsTempoHook:
     ) -> str | None:
         """The last result of `name` if the advisor says answer-from-cache for the newest user
         message and the cached call had the same arguments; else None."""
-        messages = self.log.messages()
-        if not any(m.get("role") == "user" for m in messages):
-            return None
-        now = self._now(messages)
-        signals = elapsed_signals(messages, now=now)
-        timing = signals.tools.get(name)
-        if timing is None or timing.last_result_content is None:
-            return None
         try:
             wanted = json.loads(arguments or "{}")
         except json.JSONDecodeError:
             return None
-        if wanted != dict(timing.last_result_arguments):
+        if not isinstance(wanted, dict):  # never equal to a cached call's arguments
             return None
         tools = [spec] if spec is not None else self.tools
-        decision = self.advisor.decide(messages, tools, now=now)
-        if decision.call_tool or decision.tool != name:
-            return None
-        return timing.last_result_content
+        return _core.cached_result(self.log, self.advisor, name, wanted, tools)
 
     def is_cached(self, call_id: str) -> bool:
         return call_id in self._cached_calls
@@ -229,9 +199,9 @@ class _RecordingHooks(RunHooks[Any]):
         input_items: list[TResponseInputItem],
     ) -> None:
         owner = self.owner
-        owner._safe("user message", owner.record_new_user_message, input_items)
+        _core.safe("user message", owner.record_new_user_message, input_items)
         model = agent.model if isinstance(agent.model, str) else type(agent.model).__name__
-        owner._safe("llm start", owner.log.record_llm_start, model)
+        _core.safe("llm start", owner.log.record_llm_start, model)
 
     async def on_llm_end(
         self, context: RunContextWrapper[Any], agent: Agent[Any], response: ModelResponse
@@ -245,7 +215,7 @@ class _RecordingHooks(RunHooks[Any]):
                     getattr(part, "text", "") for part in getattr(item, "content", [])
                 ).strip()
                 if text:
-                    self.owner._safe(
+                    _core.safe(
                         "assistant message",
                         self.owner.log.record_message,
                         {"role": "assistant", "content": text},
@@ -255,7 +225,7 @@ class _RecordingHooks(RunHooks[Any]):
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool
     ) -> None:
         if isinstance(context, ToolContext):
-            self.owner._safe(
+            _core.safe(
                 "tool call",
                 self.owner.log.record_tool_call,
                 context.tool_name,
@@ -267,7 +237,7 @@ class _RecordingHooks(RunHooks[Any]):
         self, context: RunContextWrapper[Any], agent: Agent[Any], tool: Tool, result: object
     ) -> None:
         if isinstance(context, ToolContext):
-            self.owner._safe(
+            _core.safe(
                 "tool result",
                 self.owner.log.record_tool_result,
                 context.tool_call_id,
