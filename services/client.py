@@ -31,6 +31,7 @@ import ray
 
 from services.policy_worker import ModelFactory, WorkerSpec
 from services.schemas import (
+    NAMESPACE_HEADER,
     ElapsedResponse,
     ResetRequest,
     ResetResponse,
@@ -135,7 +136,6 @@ _HTTP_ROUTES: dict[str, tuple[str, str]] = {
     "metrics": ("GET", "metrics"),
     "flush": ("POST", "flush"),
 }
-NAMESPACE_HEADER = "X-Tempomem-Namespace"
 
 
 class TempomemHTTPError(RuntimeError):

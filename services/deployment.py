@@ -37,7 +37,7 @@ from services.http_app import (
     run_sync,
 )
 from services.policy_worker import PolicyWorker, WorkerSpec
-from services.schemas import SessionId
+from services.schemas import NAME_PATTERN, SessionId
 from services.session import ServeWorker, SessionConfig, StoreSpec
 
 POLICY_DEPLOYMENT = "PolicyDeployment"
@@ -51,7 +51,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    app_name: str = Field(default=DEFAULT_APP, pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    app_name: str = Field(default=DEFAULT_APP, pattern=NAME_PATTERN)
     ray_namespace: str = Field(
         default="tempomem", description="Ray namespace of the detached session actors."
     )

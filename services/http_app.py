@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from services.schemas import (
     NAME_PATTERN,
+    NAMESPACE_HEADER,
     ElapsedResponse,
     ResetRequest,
     ResetResponse,
@@ -52,7 +53,6 @@ from services.schemas import (
     StepResponse,
 )
 
-NAMESPACE_HEADER = "X-Tempomem-Namespace"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: Upper bounds (seconds) of the step latency histogram buckets.

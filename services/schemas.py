@@ -27,6 +27,8 @@ SessionKind = Literal["robot", "agent"]
 
 #: Names of tenants (namespaces) and sessions: the store's namespace rule.
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+#: HTTP header naming the tenant namespace when no bearer token decides it.
+NAMESPACE_HEADER = "X-Tempomem-Namespace"
 #: Most tokens one step may send (prefix + suffix).
 MAX_INPUT_TOKENS = 8192
 #: Most candidate actions one step may score, and most tokens per candidate.
