@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from memory.episodic.checks import check_int
 from memory.episodic.events import Event
 from memory.episodic.retrieval import pack_representatives
 
@@ -69,8 +70,7 @@ class EventStore:
             ("max_bytes", max_bytes, 1),
             ("cache_events", cache_events, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
+            check_int(name, value, lowest)
         if backing is not None and not isinstance(backing, TensorBacking):
             raise ValueError("backing must implement put_tensors(...) and get_tensors(key)")
         if not namespace or any(c.isspace() for c in namespace):

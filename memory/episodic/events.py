@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from memory.episodic.checks import check_int
+
 
 @dataclass(frozen=True, eq=False)
 class Event:
@@ -30,9 +32,7 @@ class Event:
 
     def __post_init__(self) -> None:
         for name in ("event_id", "start", "end"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"Event.{name} must be an int >= 0, got {value!r}")
+            check_int(f"Event.{name}", getattr(self, name), 0)
         if self.end <= self.start:
             raise ValueError(f"Event span [{self.start}, {self.end}) is empty; need end > start")
         for kind in ("tensors", "representatives"):
@@ -83,8 +83,7 @@ def representative_indices(
     """
     if keys.dim() != 3:
         raise ValueError(f"keys must be (H, L, D), got shape {tuple(keys.shape)}")
-    if isinstance(n_repr, bool) or not isinstance(n_repr, int) or n_repr < 1:
-        raise ValueError(f"n_repr must be an int >= 1, got {n_repr!r}")
+    check_int("n_repr", n_repr, 1)
     heads, length, _ = keys.shape
     if length == 0:
         raise ValueError("keys has no tokens (L = 0)")

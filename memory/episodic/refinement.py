@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from memory.episodic.checks import check_int
+
 Metric = Literal["modularity", "conductance", "none"]
 SimilarityKind = Literal["cosine", "dot"]
 
@@ -245,11 +247,11 @@ def _validated_arguments(
         raise ValueError(f"A must be a square (T, T) tensor with T >= 1, got {shape}")
     if not A.dtype.is_floating_point:
         raise ValueError(f"A must be a floating-point tensor, got {A.dtype}")
-    _check_int("min_size", min_size, 1)
+    check_int("min_size", min_size, 1)
     if window is not None:
-        _check_int("window", window, 0)
+        check_int("window", window, 0)
     if max_size is not None:
-        _check_int("max_size", max_size, 1)
+        check_int("max_size", max_size, 1)
     sim = A.detach().to("cpu").contiguous()
     if sim.dtype not in (torch.float32, torch.float64):
         sim = sim.float()
@@ -284,8 +286,3 @@ def _check_graph(sim: Tensor) -> None:
     # transposed (cache-hostile) read, which would cost more than the refinement itself.
     if np.abs(row_sums - column_sums).max() > 1e-4 * max(float(row_sums.max()), 1e-30):
         raise ValueError("A must be symmetric (a similarity graph); use (A + A.T) / 2")
-
-
-def _check_int(name: str, value: object, lowest: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-        raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")

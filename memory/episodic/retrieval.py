@@ -18,6 +18,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from memory.episodic.checks import check_int
+
 
 def pack_representatives(events_repr: Mapping[int, Tensor]) -> tuple[list[int], Tensor, Tensor]:
     """Event ids (ascending), representatives (E, H, R, D) zero-padded, valid mask (E, R)."""
@@ -98,8 +100,7 @@ def retrieve_events(
         ("k_contiguous", k_contiguous),
         ("budget_tokens", budget_tokens),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int(name, value, 0)
     if contiguity_queue is not None and contiguity_queue.maxlen is None:
         raise ValueError("contiguity_queue must be bounded: deque(maxlen=...)")
     missing = [e for e in events_repr if e not in event_sizes]

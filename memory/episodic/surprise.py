@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from memory.episodic.checks import check_int
+
 
 def token_surprise(logits: Tensor, input_ids: Tensor, prev_logits: Tensor | None = None) -> Tensor:
     """Surprise of each token, fp32, shape ``(..., T)``.
@@ -75,8 +77,7 @@ def surprise_threshold(
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if gamma < 0:
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    check_int("window", window, 1)
     history = (
         _check_surprise(context, "context")[-window:]
         if context is not None
@@ -154,8 +155,7 @@ def _check_surprise(values: Tensor, name: str) -> Tensor:
 
 
 def _check_sizes(min_size: int, max_size: int | None) -> None:
-    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
-        raise ValueError(f"min_size must be an int >= 1, got {min_size!r}")
+    check_int("min_size", min_size, 1)
     if max_size is None:
         return
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
