@@ -25,11 +25,8 @@ HTTP errors map to Python ones: 401/403 ``PermissionError``, 404 ``LookupError``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import ray
-
-from services.policy_worker import ModelFactory, WorkerSpec
 from services.schemas import (
     NAMESPACE_HEADER,
     ElapsedResponse,
@@ -41,7 +38,12 @@ from services.schemas import (
     StepRequest,
     StepResponse,
 )
-from services.session import ServeWorker, SessionConfig, StoreSpec, session_handle
+
+# Ray, torch and the session machinery load only with a Ray transport: an HTTP-only client (a
+# robot controller) imports in a fraction of a second instead of several.
+if TYPE_CHECKING:
+    from services.policy_worker import ModelFactory, WorkerSpec
+    from services.session import ServeWorker, SessionConfig, StoreSpec
 
 
 class Transport(Protocol):
@@ -80,6 +82,8 @@ class RayTransport:
         timeout_s: float = 120.0,
         serve_worker: ServeWorker | None = None,
     ) -> None:
+        import ray
+
         if not ray.is_initialized():
             raise RuntimeError("RayTransport needs a Ray connection: call ray.init(...) first")
         self.store, self.worker, self.config = store, worker, config
@@ -95,6 +99,8 @@ class RayTransport:
         name = session.actor_name
         found = self._handles.get(name)
         if found is None:
+            from services.session import session_handle
+
             found = session_handle(
                 session,
                 ray_namespace=self.ray_namespace,
@@ -114,6 +120,8 @@ class RayTransport:
         return remote_method.remote() if payload is None else remote_method.remote(payload)
 
     def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        import ray
+
         return ray.get(self.submit(session, method, payload), timeout=self.timeout_s)
 
 
@@ -276,6 +284,9 @@ def _ray_transport(
     detached: bool,
     timeout_s: float,
 ) -> RayTransport:
+    from services.policy_worker import WorkerSpec
+    from services.session import StoreSpec
+
     return RayTransport(
         store=store if isinstance(store, StoreSpec) else StoreSpec(url=store),
         worker=worker or WorkerSpec(),
