@@ -6,7 +6,14 @@ from kv_store.codec import DEFAULT_MAX_RECORD_BYTES, decode_record, encode_recor
 from kv_store.errors import CorruptRecord, RecordTooLarge, StoreError, StoreUnavailable
 from kv_store.local import LocalStore
 from kv_store.redis_store import RedisStore
-from kv_store.state import load_state, save_state
+from kv_store.state import (
+    decode_state,
+    encode_state,
+    join_state,
+    load_state,
+    save_state,
+    split_state,
+)
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
@@ -19,7 +26,11 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "decode_record",
+    "decode_state",
     "encode_record",
+    "encode_state",
+    "join_state",
     "load_state",
     "save_state",
+    "split_state",
 ]

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from kv_store import decode_record, encode_record
+from kv_store.state import decode_state, encode_state
 from memory import TempoFitConfig
 from services.schemas import StepRequest
 
@@ -48,7 +48,6 @@ ModelFactory = Callable[[], Any]
 
 #: Names ``WorkerSpec.model`` accepts besides a factory.
 MODEL_NAMES = ("smollm2", "tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gemma")
-_STATE_META = "state"
 
 
 class WorkerSpec(BaseModel):
@@ -92,22 +91,6 @@ def load_model(spec: WorkerSpec) -> Any:
     if spec.model.startswith("tiny-") and spec.model in MODEL_NAMES:
         return tiny_random_model(spec.model.removeprefix("tiny-"), seed=spec.seed)
     raise ValueError(f"WorkerSpec.model must be one of {MODEL_NAMES}, got {spec.model!r}")
-
-
-def pack_state(state: Mapping[str, Any]) -> bytes:
-    """A ``TempoFit.state_dict()`` as one codec record (tensors as raw buffers, rest JSON)."""
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    plain = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
-    return encode_record(tensors, {_STATE_META: plain})
-
-
-def unpack_state(data: bytes) -> dict[str, Any]:
-    """Inverse of ``pack_state``; raises ``kv_store.CorruptRecord`` on foreign bytes."""
-    tensors, meta = decode_record(data)
-    plain = meta.get(_STATE_META)
-    if not isinstance(plain, dict):
-        raise ValueError("state record has no 'state' metadata: not written by pack_state")
-    return {**plain, **tensors}
 
 
 class StepOutput(BaseModel):
@@ -387,8 +370,8 @@ class PolicyWorker:
     def step(self, state: bytes | None, request: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
         """``(StepOutput as a JSON dict, packed new state)`` for one session step."""
         req = StepRequest.model_validate(request)
-        output, new_state = self.engine.run(None if state is None else unpack_state(state), req)
-        return output.model_dump(mode="json"), pack_state(new_state)
+        output, new_state = self.engine.run(None if state is None else decode_state(state), req)
+        return output.model_dump(mode="json"), encode_state(new_state)
 
     def step_many(
         self, items: Sequence[tuple[bytes | None, Mapping[str, Any]]]
@@ -400,7 +383,7 @@ class PolicyWorker:
             try:
                 parsed.append(
                     (
-                        None if state is None else unpack_state(state),
+                        None if state is None else decode_state(state),
                         StepRequest.model_validate(request),
                     )
                 )
@@ -418,7 +401,7 @@ class PolicyWorker:
                 results.append(result)
             else:
                 output, new_state = result
-                results.append((output.model_dump(mode="json"), pack_state(new_state)))
+                results.append((output.model_dump(mode="json"), encode_state(new_state)))
         return results
 
     def info(self) -> dict[str, Any]:

@@ -50,12 +50,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable
 from kv_store.base import BaseStore
+from kv_store.state import decode_state, encode_state, join_state, split_state
 from services.policy_worker import (
     ModelFactory,
     StepOutput,
     WorkerSpec,
-    pack_state,
-    unpack_state,
     worker_handle,
 )
 from services.schemas import (
@@ -212,11 +211,8 @@ class _WriteBehind:
             meta = dict(snapshot.meta)
             meta["memory"] = None
             if snapshot.memory is not None:
-                state = unpack_state(snapshot.memory)
-                tensors = {
-                    _MEMORY_PREFIX + k: v for k, v in state.items() if isinstance(v, torch.Tensor)
-                }
-                meta["memory"] = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+                state_tensors, meta["memory"] = split_state(decode_state(snapshot.memory))
+                tensors = {_MEMORY_PREFIX + k: v for k, v in state_tensors.items()}
             self.store.put_tensors(self.key, tensors, meta=meta, ttl_s=self.ttl_s)
             return True
         except StoreUnavailable as err:
@@ -528,7 +524,7 @@ class SessionActor:
         memory: bytes | None = None
         if plain is not None:
             state = {k.removeprefix(_MEMORY_PREFIX): v for k, v in tensors.items()}
-            memory = pack_state({**plain, **state})
+            memory = encode_state(join_state(state, plain, f"record {self._key!r}"))
         degraded_answers = dict(self._responses)
         self._memory = memory
         self._frames = int(meta.get("frames", 0))
