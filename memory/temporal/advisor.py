@@ -99,11 +99,17 @@ class ToolCallAdvisor:
     ) -> Decision:
         """Advice for the last user message of `messages`, given the available `tools`."""
         signals = elapsed_signals(messages, now=now, clock=None if now is not None else self.clock)
-        if signals.last_user_index is None:
-            raise ValueError("messages contain no user message to advise on")
-        request = _text(messages[signals.last_user_index].get("content"))
-        entries = self._available(tools)
-        entry = self._select(request, entries, signals, messages)
+        return self.decide_from(signals, messages, tools)
+
+    def decide_from(
+        self,
+        signals: ElapsedSignals,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[ToolLike] | None = None,
+    ) -> Decision:
+        """`decide` with the `elapsed_signals` of `messages` already computed (by a caller that
+        needs them too, such as `inject_time`)."""
+        request, entry = self._relevant(signals, messages, tools)
         if entry is None:
             return Decision(False, None, None, None, None, "no available tool is relevant")
         name, horizon = entry.spec.name, entry.horizon
@@ -159,10 +165,7 @@ class ToolCallAdvisor:
     ) -> bool:
         """The fixed-TTL baseline: same tool choice, one TTL, no coverage check."""
         signals = elapsed_signals(messages)
-        if signals.last_user_index is None:
-            raise ValueError("messages contain no user message to advise on")
-        request = _text(messages[signals.last_user_index].get("content"))
-        entry = self._select(request, self._available(tools), signals, messages)
+        _, entry = self._relevant(signals, messages, tools)
         if entry is None:
             return False
         timing = signals.tools.get(entry.spec.name)
@@ -173,6 +176,18 @@ class ToolCallAdvisor:
     def horizon(self, tool: ToolLike) -> HorizonEstimate:
         """The (declared or inferred) horizon the advisor uses for `tool`."""
         return self._entry(tool).horizon
+
+    def _relevant(
+        self,
+        signals: ElapsedSignals,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[ToolLike] | None,
+    ) -> tuple[str, _ToolEntry | None]:
+        """The last user request's text and the available tool relevant to it (if any)."""
+        if signals.last_user_index is None:
+            raise ValueError("messages contain no user message to advise on")
+        request = _text(messages[signals.last_user_index].get("content"))
+        return request, self._select(request, self._available(tools), signals, messages)
 
     def _available(self, tools: Sequence[ToolLike] | None) -> list[_ToolEntry]:
         if tools is None:

@@ -46,7 +46,7 @@ def inject_time(
     """
     signals = elapsed_signals(messages, now=now, clock=clock)
     if decision is None and advisor is not None:
-        decision = advisor.decide(messages, tools, now=signals.now)
+        decision = advisor.decide_from(signals, messages, tools)
     rewritten: list[dict[str, Any]] = []
     for message, t, age in zip(
         messages, signals.message_times, signals.since_message_s, strict=True

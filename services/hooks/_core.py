@@ -40,7 +40,7 @@ def time_line(
     if not any(m.get("role") == "user" for m in messages):
         return None
     signals = elapsed_signals(messages, now=now_for(event_log, messages))
-    return elapsed_line(signals, advisor.decide(messages, specs, now=signals.now))
+    return elapsed_line(signals, advisor.decide_from(signals, messages, specs))
 
 
 def cached_result(
@@ -55,13 +55,13 @@ def cached_result(
     messages = event_log.messages()
     if not any(m.get("role") == "user" for m in messages):
         return None
-    now = now_for(event_log, messages)
-    timing = elapsed_signals(messages, now=now).tools.get(name)
+    signals = elapsed_signals(messages, now=now_for(event_log, messages))
+    timing = signals.tools.get(name)
     if timing is None or timing.last_result_content is None:
         return None
     if dict(arguments) != dict(timing.last_result_arguments):
         return None
-    decision = advisor.decide(messages, specs, now=now)
+    decision = advisor.decide_from(signals, messages, specs)
     if decision.call_tool or decision.tool != name:
         return None
     return timing.last_result_content
