@@ -200,14 +200,16 @@ class ToolCallAdvisor:
         return entries
 
     def _entry(self, tool: ToolLike) -> _ToolEntry:
-        key = stable_digest(tool) if isinstance(tool, Mapping) else as_tool_spec(tool).digest()
+        # A ToolSpec or tool function is converted once: its digest keys both caches.
+        converted = None if isinstance(tool, Mapping) else as_tool_spec(tool)
+        key = stable_digest(tool) if converted is None else converted.digest()
         entry = self._entries.get(key)
         if entry is None:
-            spec = as_tool_spec(tool)
+            spec = converted if converted is not None else as_tool_spec(tool)
             name_text, rest = spec_text_fields(spec)
             entry = _ToolEntry(
                 spec=spec,
-                horizon=self.resolver.resolve(spec),
+                horizon=self.resolver.resolve(spec, digest=None if converted is None else key),
                 name_words=frozenset(words(name_text)) - COMMON_WORDS,
                 description_words=frozenset(words(rest)) - COMMON_WORDS,
             )
