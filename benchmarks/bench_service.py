@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import socket
 import statistics
 import time
 import uuid
 from typing import Any
 
+import psutil
 import ray
 from ray import serve
 
@@ -35,7 +37,8 @@ from benchmarks.timing import compare, fmt_ms
 from memory import TempoFitConfig
 from services.client import AsyncTempomemClient, TempomemClient
 from services.deployment import ServeSettings, build_app
-from services.policy_worker import WorkerSpec
+from services.policy_worker import StepOutput, WorkerSpec
+from services.schemas import SessionId
 from services.session import SessionConfig, StoreSpec
 
 TARGET_RATIO = 1.5
@@ -46,20 +49,34 @@ PREFIX = 8
 WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=8))
 
 
+def _echo_output() -> StepOutput:
+    return StepOutput(
+        frames_in_memory=0,
+        frames_after=0,
+        top_k_ids=[1],
+        top_k_logits=[0.0],
+        choice_scores=None,
+        model_ms=0.0,
+        state_ms=0.0,
+    )
+
+
 class _EchoWorker:
-    """A no-model policy: answers every step with the same output, no memory."""
+    """A no-model shared policy actor: answers every step with the same output, no memory."""
 
     def step(self, state: bytes | None, request: dict[str, Any]) -> tuple[dict[str, Any], None]:
-        output = {
-            "frames_in_memory": 0,
-            "frames_after": 0,
-            "top_k_ids": [1],
-            "top_k_logits": [0.0],
-            "choice_scores": None,
-            "model_ms": 0.0,
-            "state_ms": 0.0,
-        }
-        return output, None
+        return _echo_output().model_dump(mode="json"), None
+
+
+class _EchoEngine:
+    """The same no-model policy as an in-process ``StepRunner`` (placement "session")."""
+
+    def run(self, state: Any, request: Any) -> tuple[StepOutput, dict[str, Any]]:
+        return _echo_output(), {}
+
+
+def _echo_engine() -> _EchoEngine:
+    return _EchoEngine()
 
 
 class _NoOp:
@@ -82,35 +99,53 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _actor_ratio(namespace: str) -> tuple[str, float]:
-    echo_spec = WorkerSpec(model="tiny-llama", label="echo")
+def _actor_ratio(namespace: str) -> list[tuple[str, float]]:
+    """Session step / bare no-op actor call, for both placements, interleaved in one run."""
+    shared = WorkerSpec(model="tiny-llama", label="echo")
     ray.remote(_EchoWorker).options(  # type: ignore[attr-defined]
-        name=echo_spec.actor_name, namespace=namespace, lifetime="detached", num_cpus=0
+        name=shared.actor_name, namespace=namespace, lifetime="detached", num_cpus=0
     ).remote()
+    inline = WorkerSpec(model="tiny-llama", label="echo", placement="session")
+    clients = {
+        "shared": TempomemClient("bench", worker=shared, store="local"),
+        "session": TempomemClient(
+            "bench", worker=inline, store="local", worker_factory=_echo_engine
+        ),
+    }
     noop = ray.remote(_NoOp).options(num_cpus=0).remote()  # type: ignore[attr-defined]
-    client = TempomemClient("bench", worker=echo_spec, store="local")
     payload = {"step_id": 0, "input_ids": _tokens(0), "prefix_len": PREFIX}
     counter = iter(range(10**9))
     ray.get(noop.call.remote(payload))
 
-    def session_step() -> None:
-        client.step("echo", next(counter), _tokens(0), PREFIX)
-
     def bare_call() -> None:
         ray.get(noop.call.remote(payload))
 
-    result = compare(session_step, bare_call, repeats=201, warmup=20)
-    row = (
-        f"| session actor step (echo engine) / bare no-op Ray actor call | "
-        f"{fmt_ms(result.ours_s)} | {fmt_ms(result.baseline_s)} | "
-        f"**{result.paired_ratio:.2f}** | <= {TARGET_RATIO} |"
-    )
-    return row, result.paired_ratio
+    rows = []
+    for placement, client in clients.items():
+
+        def session_step(client: TempomemClient = client, placement: str = placement) -> None:
+            client.step(f"echo-{placement}", next(counter), _tokens(0), PREFIX)
+
+        result = compare(session_step, bare_call, repeats=201, warmup=20)
+        hops = (
+            "driver -> session actor -> policy actor"
+            if placement == "shared"
+            else ("driver -> session actor (policy in-process)")
+        )
+        rows.append(
+            (
+                f"| session step, placement `{placement}` ({hops}) / bare no-op Ray actor "
+                f"call | {fmt_ms(result.ours_s)} | {fmt_ms(result.baseline_s)} | "
+                f"**{result.paired_ratio:.2f}** | <= {TARGET_RATIO} |",
+                result.paired_ratio,
+            )
+        )
+    return rows
 
 
-def _http_latency(url: str, namespace: str) -> list[str]:
+def _http_latency(url: str, namespace: str, worker: WorkerSpec) -> str:
     http = TempomemClient.connect(url, namespace="bench")
-    direct = TempomemClient("bench-direct", worker=WORKER, store="local", ray_namespace=namespace)
+    direct = TempomemClient("bench-direct", worker=worker, store="local", ray_namespace=namespace)
     http.reset("lat")
     direct.reset("lat")
     counter = {"http": 0, "direct": 0}
@@ -128,11 +163,36 @@ def _http_latency(url: str, namespace: str) -> list[str]:
 
     result = compare(over_http, over_ray, repeats=201, warmup=10)
     samples = http_times[10:]
-    return [
-        f"| HTTP step p50 (tiny-llama, 1 robot) | {fmt_ms(_percentile(samples, 0.5))} ms |",
-        f"| HTTP step p99 | {fmt_ms(_percentile(samples, 0.99))} ms |",
-        f"| HTTP step / Ray-client step (paired median ratio) | {result.paired_ratio:.2f} |",
-    ]
+    return (
+        f"{fmt_ms(_percentile(samples, 0.5))} | {fmt_ms(_percentile(samples, 0.99))} | "
+        f"{result.paired_ratio:.2f}"
+    )
+
+
+_ROLES = (
+    ("ProxyActor", "HTTP proxy"),
+    ("Ingress", "ingress"),
+    ("SessionActor", "session actors"),
+    ("PolicyDeployment", "policy deployment"),
+)
+
+
+def _cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this machine's processes, summed per service role."""
+    totals: dict[str, float] = {}
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            title = " ".join(proc.info["cmdline"] or [])
+            times = proc.cpu_times()
+        except (psutil.Error, OSError):
+            continue
+        role = "load generator" if proc.info["pid"] == me else "other (Ray, OS)"
+        for marker, name in _ROLES:
+            if marker in title:
+                role = name
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
 
 
 async def _load(url: str, duration_s: float) -> dict[str, Any]:
@@ -177,10 +237,16 @@ async def _load(url: str, duration_s: float) -> dict[str, Any]:
         except Exception as err:  # a benchmark counts failures instead of stopping
             errors.append(f"{type(err).__name__}: {err}"[:200])
 
+    cpu_before = _cpu_seconds_by_role()
     began = time.monotonic()
     await asyncio.gather(*(robot(r) for r in range(ROBOTS)))
     wall = time.monotonic() - began
+    cpu_after = _cpu_seconds_by_role()
     return {
+        "cpu_ms_per_step": {
+            role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1e3 / max(1, len(latencies))
+            for role in cpu_after
+        },
         "ticks": int(ROBOTS * RATE_HZ * duration_s),
         "sent": sent,
         "ok": len(latencies),
@@ -193,8 +259,43 @@ async def _load(url: str, duration_s: float) -> dict[str, Any]:
     }
 
 
+def _serve_placement(
+    namespace: str, port: int, placement: str, duration_s: float
+) -> tuple[str, dict[str, Any], list[int]]:
+    """HTTP latency and the load test against ``tempomem serve`` with one placement."""
+    worker = WORKER.model_copy(update={"placement": placement})
+    settings = ServeSettings(
+        app_name=f"tempomem-bench-{placement}",
+        ray_namespace=namespace,
+        worker=worker,
+        store=StoreSpec(url="local"),
+        session=SessionConfig(),
+    )
+    serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
+    try:
+        url = f"http://127.0.0.1:{port}"
+        latency = _http_latency(url, namespace, worker)
+        load = asyncio.run(_load(url, duration_s))
+        batches: list[int] = []
+        if placement == "shared":
+            batches = (
+                serve.get_deployment_handle("PolicyDeployment", app_name=settings.app_name)
+                .info.remote()
+                .result(timeout_s=30)["batches"]
+            )
+    finally:
+        serve.delete(settings.app_name)
+        for name in ["bench/lat", "bench-direct/lat", *(f"load/robot{r}" for r in range(ROBOTS))]:
+            with contextlib.suppress(ValueError):  # a fresh set of session actors per placement
+                tenant, session = name.split("/")
+                ray.kill(
+                    ray.get_actor(SessionId(kind="robot", namespace=tenant, id=session).actor_name)
+                )
+    return latency, load, batches
+
+
 def run(duration_s: float = 60.0) -> str:
-    """All three measurements as markdown; ``duration_s`` bounds the load test (1..600 s)."""
+    """All three measurements as markdown; ``duration_s`` bounds each load test (1..600 s)."""
     duration_s = min(max(float(duration_s), 1.0), MAX_DURATION_S)
     namespace = f"tempomem-bench-{uuid.uuid4().hex[:6]}"
     started_ray = not ray.is_initialized()
@@ -202,63 +303,70 @@ def run(duration_s: float = 60.0) -> str:
         ray.init(num_cpus=2, include_dashboard=False, namespace=namespace, log_to_driver=False)
     else:
         namespace = ray.get_runtime_context().namespace
+    results: dict[str, tuple[str, dict[str, Any], list[int]]] = {}
     try:
-        ratio_row, _ = _actor_ratio(namespace)
+        ratio_rows = _actor_ratio(namespace)
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = ServeSettings(
-            app_name="tempomem-bench",
-            ray_namespace=namespace,
-            worker=WORKER,
-            store=StoreSpec(url="local"),
-            session=SessionConfig(),
-        )
-        serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        http_rows = _http_latency(url, namespace)
-        load = asyncio.run(_load(url, duration_s))
-        batches = (
-            serve.get_deployment_handle("PolicyDeployment", app_name=settings.app_name)
-            .info.remote()
-            .result(timeout_s=30)["batches"]
-        )
+        for placement in ("shared", "session"):
+            results[placement] = _serve_placement(namespace, port, placement, duration_s)
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()
         if started_ray:
             ray.shutdown()
-    error_kinds = sorted({e.split(":", 1)[0] for e in load["errors"]})
+    latency_rows, load_rows, notes = [], [], []
+    for placement, (latency, load, batches) in results.items():
+        latency_rows.append(f"| `{placement}` | {latency} |")
+        load_rows.append(
+            f"| `{placement}` | {load['ticks']} | {load['sent']} | {load['ok']} | "
+            f"{len(load['errors'])} | {load['dropped']} "
+            f"({load['dropped'] / max(1, load['ticks']):.1%}) | {load['degraded']} | "
+            f"{fmt_ms(load['p50'])} | {fmt_ms(load['p99'])} | {load['throughput']:.0f} |"
+        )
+        if batches:
+            notes.append(
+                f"`{placement}`: policy batches mean size {statistics.fmean(batches):.2f}, "
+                f"max {max(batches)} (last {len(batches)} batches)."
+            )
+        cpu = ", ".join(
+            f"{role} {ms:.1f}"
+            for role, ms in sorted(load["cpu_ms_per_step"].items(), key=lambda kv: -kv[1])
+            if ms >= 0.05
+        )
+        notes.append(f"`{placement}` CPU ms per answered step: {cpu}.")
+        error_kinds = sorted({e.split(":", 1)[0] for e in load["errors"]})
+        if error_kinds:
+            notes.append(f"`{placement}` error kinds: {', '.join(error_kinds)}.")
     lines = [
         "Session actor overhead (median ms per call, interleaved; echo engine: no model, so the "
         "ratio is service overhead only; local store):",
         "",
         "| measurement | ours ms | baseline ms | ratio | target |",
         "|---|---|---|---|---|",
-        ratio_row,
+        *(row for row, _ in ratio_rows),
         "",
-        "A session step is two actor hops (driver -> session actor -> policy actor) where the "
-        "baseline is one; the ratio cannot fall below ~2 without co-locating the policy in the "
-        "session actor.",
+        "Placement `shared` is two actor hops where the baseline is one, so it cannot fall below "
+        "~2; placement `session` runs the policy in the session actor's process (one hop, no "
+        "state transfer, one model copy per session).",
         "",
-        "HTTP (`tempomem serve`: Serve ingress -> session actor -> batched policy deployment; "
-        "tiny-llama, TempoFit layers [1, 2], 8 frames; local store):",
+        "HTTP (`tempomem serve`; tiny-llama, TempoFit layers [1, 2], 8 frames; local store; one "
+        "robot stepping sequentially; `shared`: Serve ingress -> session actor -> batched policy "
+        "deployment, `session`: Serve ingress -> session actor):",
         "",
-        "| measurement | value |",
-        "|---|---|",
-        *http_rows,
+        "| placement | HTTP step p50 ms | HTTP step p99 ms | HTTP / Ray-client step |",
+        "|---|---|---|---|",
+        *latency_rows,
         "",
         f"Load: {ROBOTS} robots at {RATE_HZ:g} Hz for {duration_s:g} s over HTTP "
         f"(a step still in flight at the next tick drops that tick):",
         "",
-        "| ticks | steps sent | ok | errors | dropped | degraded | p50 ms | p99 ms | steps/s |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| {load['ticks']} | {load['sent']} | {load['ok']} | {len(load['errors'])} | "
-        f"{load['dropped']} ({load['dropped'] / max(1, load['ticks']):.1%}) | {load['degraded']} "
-        f"| {fmt_ms(load['p50'])} | {fmt_ms(load['p99'])} | {load['throughput']:.0f} |",
+        "| placement | ticks | steps sent | ok | errors | dropped | degraded | p50 ms | p99 ms "
+        "| steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *load_rows,
         "",
-        f"Policy batches during the run: mean size {statistics.fmean(batches):.2f}, "
-        f"max {max(batches)} (last {len(batches)} batches)."
-        + (f" Error kinds: {', '.join(error_kinds)}." if error_kinds else ""),
+        *(f"- {note}" for note in notes),
     ]
     return "\n".join(lines)
 

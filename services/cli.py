@@ -202,6 +202,13 @@ def serve(
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray.")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Most sessions per forward.")] = 8,
     replicas: Annotated[int, typer.Option(help="Policy deployment replicas.")] = 1,
+    placement: Annotated[
+        str,
+        typer.Option(
+            help="'shared': one batched policy deployment steps every session; 'session': "
+            "each session actor runs its own copy of the model (one hop, no state transfer)."
+        ),
+    ] = "shared",
 ) -> None:
     """Serve the HTTP API: a local Ray + Ray Serve with the policy and session actors."""
     from services.deployment import ServeSettings
@@ -215,7 +222,7 @@ def serve(
     try:
         tokens = parse_tokens(token or [])
         settings = ServeSettings(
-            worker=WorkerSpec(model=model),
+            worker=WorkerSpec.model_validate({"model": model, "placement": placement}),
             http=HttpSettings(tokens=tokens),
             max_batch_size=max_batch_size,
             policy_replicas=replicas,

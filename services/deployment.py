@@ -13,6 +13,9 @@ Two deployments, one application (``build_app``):
   ``services.session``), which steps through ``PolicyDeployment``. Agent endpoints write to and
   read from the tenant's store namespace directly (``AgentEventLog``).
 
+With ``WorkerSpec(placement="session")`` there is no ``PolicyDeployment``: each session actor
+runs its own engine (see ``services.policy_backends``).
+
 Session state lives in the session actors and the store. With ``store="local"`` each session
 actor keeps an in-process store (lost if the actor dies, and agent logs live in the ingress
 replica: one replica only); use a ``redis://`` store for anything that must survive restarts.
@@ -121,7 +124,9 @@ class RayBackend:
                 ray_namespace=settings.ray_namespace,
                 detached=True,
                 timeout_s=settings.request_timeout_s,
-                serve_worker=ServeWorker(app=settings.app_name, deployment=POLICY_DEPLOYMENT),
+                serve_worker=None
+                if settings.worker.placement == "session"
+                else ServeWorker(app=settings.app_name, deployment=POLICY_DEPLOYMENT),
             )
         )
         self._sessions: set[str] = set()
@@ -234,10 +239,12 @@ def build_app(settings: ServeSettings) -> Any:
     )
     @serve.ingress(fastapi_app)
     class Ingress:
-        def __init__(self, policy_handle: Any) -> None:
+        def __init__(self, policy_handle: Any = None) -> None:
             self.policy = policy_handle
 
     ingress: Any = Ingress
+    if settings.worker.placement == "session":  # each session actor runs its own engine
+        return ingress.bind()
     return ingress.bind(
         policy.bind(
             settings.worker.model_dump(mode="json"),

@@ -35,7 +35,7 @@ import copy
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,6 +72,15 @@ class WorkerSpec(BaseModel):
         pattern=r"^[A-Za-z0-9_.\-]{0,64}$",
         description="Extra name part, e.g. to tell workers with different factories apart.",
     )
+    placement: Literal["shared", "session"] = Field(
+        default="shared",
+        description=(
+            "'shared': one PolicyWorker actor (or Serve deployment) steps every session, the "
+            "state crossing processes each step. 'session': each session actor loads its own "
+            "engine and steps in-process (one hop, no state transfer; one model copy per "
+            "session, so for small policies or one robot per node)."
+        ),
+    )
 
     @property
     def actor_name(self) -> str:
@@ -107,6 +116,15 @@ class StepOutput(BaseModel):
     state_ms: float
 
 
+@runtime_checkable
+class StepRunner(Protocol):
+    """What steps a session in-process: ``StepEngine``, or a stand-in (benchmarks, tests)."""
+
+    def run(
+        self, state: Mapping[str, Any] | None, request: StepRequest
+    ) -> tuple[StepOutput, dict[str, Any]]: ...
+
+
 class StepEngine:
     """A frozen model and one ``TempoFit`` on it, stepping one session at a time.
 
@@ -124,6 +142,9 @@ class StepEngine:
         self.config = config
         self.vocab_size = int(model.config.vocab_size)
         self.tempofit = TempoFit(model, config)
+        # The state this engine's memory holds right now (the last ``run`` result): a caller
+        # that passes it back (a session stepping in-process) skips reloading it.
+        self._live_state: Mapping[str, Any] | None = None
 
     def run(
         self, state: Mapping[str, Any] | None, request: StepRequest
@@ -141,8 +162,9 @@ class StepEngine:
             self._use_batch(1)
         if state is None:
             tf.reset()
-        else:
+        elif state is not self._live_state:
             tf.load_state_dict(state)
+        self._live_state = None  # until this step has finished
         frames = tf.memory.num_frames(self.config.layers[0])
         loaded = time.perf_counter()
         ids = torch.tensor([request.input_ids], dtype=torch.long)
@@ -159,7 +181,7 @@ class StepEngine:
             if request.choices is not None:
                 scores = self._score_choices(last, out.past_key_values, request.choices)
         computed = time.perf_counter()
-        new_state = tf.state_dict()
+        new_state = self._live_state = tf.state_dict()
         done = time.perf_counter()
         output = StepOutput(
             frames_in_memory=frames,
@@ -248,6 +270,7 @@ class StepEngine:
 
     def _use_batch(self, batch_size: int) -> None:
         """Give the TempoFit an (empty) memory of ``batch_size`` sessions if it has another."""
+        self._live_state = None
         self.tempofit.reset()
         self.tempofit.set_batch_size(batch_size)
 

@@ -7,8 +7,12 @@ the store: key ``session/{kind}/{id}`` in a store whose namespace is the tenant 
 
 Steps. ``step(request)`` with a ``step_id`` at or below the last one answered returns the stored
 response with ``replayed=True`` and changes nothing (a retried step is never applied twice);
-otherwise the shared ``PolicyWorker`` runs it on the session's memory and the actor adopts the
-new memory. Step ids restart from 0 after ``reset()`` (a new episode).
+otherwise the policy runs it on the session's memory and the actor adopts the new memory.
+Step ids restart from 0 after ``reset()`` (a new episode). Where the policy runs is the
+``WorkerSpec.placement`` (see ``services.policy_backends``): ``"shared"`` sends the packed memory
+to one ``PolicyWorker`` actor (or Serve deployment) that all sessions share, a second actor hop
+per step; ``"session"`` runs an engine in this actor's process (one hop, no state transfer, one
+model copy per session).
 
 Durability (write-behind with a bounded lag). After each step a full snapshot (memory, last
 step id, the last ``replay_window`` responses, episode, times) is handed to a writer thread;
@@ -50,13 +54,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable
 from kv_store.base import BaseStore
-from kv_store.state import decode_state, encode_state, join_state, split_state
-from services.policy_worker import (
-    ModelFactory,
-    StepOutput,
-    WorkerSpec,
-    worker_handle,
-)
+from kv_store.state import join_state, split_state
+from services.policy_backends import PolicyBackend, policy_backend
+from services.policy_worker import ModelFactory, StepOutput, WorkerSpec
 from services.schemas import (
     ElapsedResponse,
     ResetRequest,
@@ -136,15 +136,22 @@ class _Snapshot:
 
     version: int
     step_id: int | None
-    memory: bytes | None
+    memory: Any  # the policy backend's form of the memory; never mutated once taken
     meta: dict[str, Any]
 
 
 class _WriteBehind:
     """A writer thread that commits the newest snapshot; coalesces, never reorders."""
 
-    def __init__(self, store: BaseStore, key: str, ttl_s: float | None) -> None:
+    def __init__(
+        self,
+        store: BaseStore,
+        key: str,
+        ttl_s: float | None,
+        to_state: Callable[[Any], Mapping[str, Any] | None],
+    ) -> None:
         self.store, self.key, self.ttl_s = store, key, ttl_s
+        self.to_state = to_state  # backend memory -> state dict, off the step's path
         self.cond = threading.Condition()
         self.pending: _Snapshot | None = None
         self.inflight = False
@@ -210,8 +217,9 @@ class _WriteBehind:
             tensors: dict[str, torch.Tensor] = {}
             meta = dict(snapshot.meta)
             meta["memory"] = None
-            if snapshot.memory is not None:
-                state_tensors, meta["memory"] = split_state(decode_state(snapshot.memory))
+            state = self.to_state(snapshot.memory)
+            if state is not None:
+                state_tensors, meta["memory"] = split_state(state)
                 tensors = {_MEMORY_PREFIX + k: v for k, v in state_tensors.items()}
             self.store.put_tensors(self.key, tensors, meta=meta, ttl_s=self.ttl_s)
             return True
@@ -229,12 +237,14 @@ class SessionActor:
     Args:
         session_id: ``SessionId`` (or its dict).
         store: ``StoreSpec`` (or its dict); its namespace is ``session_id.namespace``.
-        worker: ``WorkerSpec`` of the shared policy worker (or its dict).
+        worker: ``WorkerSpec`` of the policy (or its dict); its ``placement`` says whether
+            steps go to the shared ``PolicyWorker`` actor or run in this actor's process.
         config: ``SessionConfig`` (or its dict).
         ray_namespace: Ray namespace of the named worker actor.
-        worker_factory: optional model factory for the worker (see ``PolicyWorker``).
+        worker_factory: optional model factory for the worker (see ``PolicyWorker``); with
+            ``placement="session"`` it may also return a ready ``StepRunner``.
         serve_worker: ``ServeWorker`` (or its dict): step through that Serve deployment
-            instead of the shared ``PolicyWorker`` actor (then ``worker`` only describes it).
+            instead of the shared ``PolicyWorker`` actor (ignored with ``placement="session"``).
     """
 
     def __init__(
@@ -254,22 +264,21 @@ class SessionActor:
         self.serve_worker = (
             None if serve_worker is None else ServeWorker.model_validate(serve_worker)
         )
-        self._worker: Any
-        if self.serve_worker is not None:
-            from ray import serve
-
-            self._worker = serve.get_deployment_handle(
-                self.serve_worker.deployment, app_name=self.serve_worker.app
-            )
-        else:
-            self._worker = worker_handle(
-                self.worker_spec, ray_namespace=ray_namespace, factory=worker_factory
-            )
+        self._policy: PolicyBackend = policy_backend(
+            self.worker_spec,
+            ray_namespace=ray_namespace,
+            factory=worker_factory,
+            serve_deployment=None
+            if self.serve_worker is None
+            else (self.serve_worker.app, self.serve_worker.deployment),
+        )
         self._store = self.store_spec.build(self.session_id.namespace)
         self._key = self.session_id.store_key
-        self._writer = _WriteBehind(self._store, self._key, self.store_spec.ttl_s)
+        self._writer = _WriteBehind(
+            self._store, self._key, self.store_spec.ttl_s, self._policy.to_state
+        )
 
-        self._memory: bytes | None = None
+        self._memory: Any = None  # the policy backend's form of the session's memory
         self._frames = 0
         self._episode = 0
         self._last_step_id: int | None = None
@@ -407,18 +416,11 @@ class SessionActor:
 
     # ---------------------------------------------------------------------------- internals
 
-    def _run_worker(
-        self, req: StepRequest, healthy: bool
-    ) -> tuple[StepOutput, bytes | None, float]:
+    def _run_worker(self, req: StepRequest, healthy: bool) -> tuple[StepOutput, Any, float]:
         before = time.perf_counter()
         memory = self._memory if healthy else None
-        ref = self._worker.step.remote(memory, req.model_dump(mode="json"))
-        if self.serve_worker is not None:  # a Serve DeploymentResponse (batched replicas)
-            output_dict, new_memory = ref.result(timeout_s=self.config.worker_timeout_s)
-        else:
-            output_dict, new_memory = ray.get(ref, timeout=self.config.worker_timeout_s)
-        worker_ms = (time.perf_counter() - before) * 1e3
-        return StepOutput.model_validate(output_dict), new_memory, worker_ms
+        output, new_memory = self._policy.step(memory, req, self.config.worker_timeout_s)
+        return output, new_memory, (time.perf_counter() - before) * 1e3
 
     def _response(self, step_id: int, output: StepOutput, degraded: bool) -> StepResponse:
         return StepResponse(
@@ -521,10 +523,10 @@ class SessionActor:
         if meta.get("format") != RECORD_FORMAT:
             raise ValueError(f"record {self._key!r} is not a {RECORD_FORMAT} record")
         plain = meta.get("memory")
-        memory: bytes | None = None
+        memory: Any = None
         if plain is not None:
             state = {k.removeprefix(_MEMORY_PREFIX): v for k, v in tensors.items()}
-            memory = encode_state(join_state(state, plain, f"record {self._key!r}"))
+            memory = self._policy.from_state(join_state(state, plain, f"record {self._key!r}"))
         degraded_answers = dict(self._responses)
         self._memory = memory
         self._frames = int(meta.get("frames", 0))

@@ -169,12 +169,14 @@ def test_replayed_step_id_returns_stored_response_and_is_not_applied(
 # ------------------------------------------------------------------------------ restarts
 
 
+@pytest.mark.parametrize("placement", ["shared", "session"])
 def test_killed_session_actor_restarts_with_every_committed_step(
-    sessions: list[SessionId], redis_server: LocalRedisServer
+    sessions: list[SessionId], redis_server: LocalRedisServer, placement: str
 ) -> None:
     tenant = f"tenant-k{uuid.uuid4().hex[:6]}"
+    worker = WORKER.model_copy(update={"placement": placement})
     through = TempomemClient(
-        tenant, store=redis_server.url, worker=WORKER, config=SessionConfig(max_lag_steps=0)
+        tenant, store=redis_server.url, worker=worker, config=SessionConfig(max_lag_steps=0)
     )
     victim = _register(sessions, through, "victim")
     steady = _register(sessions, through, "steady")
@@ -200,7 +202,7 @@ def test_killed_session_actor_restarts_with_every_committed_step(
     # Write-behind (the default): only committed steps come back; the controller re-sends the
     # rest, which are then applied as new steps and still match.
     behind = TempomemClient(
-        tenant, store=redis_server.url, worker=WORKER, config=SessionConfig(max_lag_steps=2)
+        tenant, store=redis_server.url, worker=worker, config=SessionConfig(max_lag_steps=2)
     )
     lagging = _register(sessions, behind, "lagging")
     for i in range(6):
@@ -215,14 +217,15 @@ def test_killed_session_actor_restarts_with_every_committed_step(
 # ------------------------------------------------------------------------------ degradation
 
 
+@pytest.mark.parametrize("placement", ["shared", "session"])
 def test_store_outage_degrades_to_memoryless_then_writes_resume(
-    sessions: list[SessionId], private_redis: LocalRedisServer
+    sessions: list[SessionId], private_redis: LocalRedisServer, placement: str
 ) -> None:
     tenant = f"tenant-d{uuid.uuid4().hex[:6]}"
     client = TempomemClient(
         tenant,
         store=StoreSpec(url=private_redis.url, socket_timeout_s=0.5),
-        worker=WORKER,
+        worker=WORKER.model_copy(update={"placement": placement}),
         config=SessionConfig(max_lag_steps=0, probe_interval_s=0.0),
     )
     name = _register(sessions, client, "r1")

@@ -1,0 +1,136 @@
+"""How a session actor reaches its policy: one protocol, three backends, picked by placement.
+
+A session actor holds its memory as an opaque ``memory`` value and hands it to a backend with
+each step; the backend returns the step's output and the new memory. What ``memory`` is depends
+on where the policy runs:
+
+- ``ActorPolicy``: the shared named ``PolicyWorker`` actor (``WorkerSpec.placement="shared"``).
+  Memory is packed ``kv_store`` codec bytes, since it crosses processes every step.
+- ``ServePolicy``: a Ray Serve ``PolicyDeployment`` (replicated, batching). Memory as above.
+- ``InlinePolicy``: a ``StepRunner`` in the session actor's own process
+  (``placement="session"``). Memory is the state dict itself: no transfer, no packing, and the
+  engine skips reloading the state it already holds. One hop per step instead of two.
+
+``to_state`` / ``from_state`` convert a backend's memory to and from a plain state dict (what
+the session record in the store holds), so the session's write-behind and restore do not care
+which backend runs the steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from kv_store.state import decode_state, encode_state
+from services.policy_worker import (
+    ModelFactory,
+    StepEngine,
+    StepOutput,
+    StepRunner,
+    WorkerSpec,
+    load_model,
+    worker_handle,
+)
+from services.schemas import StepRequest
+
+
+class PolicyBackend(Protocol):
+    """Runs one step of a session given that session's memory (None: an empty memory)."""
+
+    def step(
+        self, memory: Any, request: StepRequest, timeout_s: float
+    ) -> tuple[StepOutput, Any]: ...
+
+    def to_state(self, memory: Any) -> Mapping[str, Any] | None: ...
+
+    def from_state(self, state: Mapping[str, Any] | None) -> Any: ...
+
+
+class _PackedMemory:
+    """Memory as codec bytes: for backends whose policy runs in another process."""
+
+    def to_state(self, memory: bytes | None) -> Mapping[str, Any] | None:
+        return None if memory is None else decode_state(memory)
+
+    def from_state(self, state: Mapping[str, Any] | None) -> bytes | None:
+        return None if state is None else encode_state(state)
+
+
+class ActorPolicy(_PackedMemory):
+    """The shared ``PolicyWorker`` actor named by the spec (created on first use)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def step(
+        self, memory: bytes | None, request: StepRequest, timeout_s: float
+    ) -> tuple[StepOutput, bytes]:
+        import ray
+
+        ref = self.handle.step.remote(memory, request.model_dump(mode="json"))
+        output, new_memory = ray.get(ref, timeout=timeout_s)
+        return StepOutput.model_validate(output), new_memory
+
+
+class ServePolicy(_PackedMemory):
+    """A Ray Serve ``PolicyDeployment`` (its ``@serve.batch`` batches concurrent sessions)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def step(
+        self, memory: bytes | None, request: StepRequest, timeout_s: float
+    ) -> tuple[StepOutput, bytes]:
+        response = self.handle.step.remote(memory, request.model_dump(mode="json"))
+        output, new_memory = response.result(timeout_s=timeout_s)
+        return StepOutput.model_validate(output), new_memory
+
+
+class InlinePolicy:
+    """A ``StepRunner`` in this process; memory is the state dict the runner returned."""
+
+    def __init__(self, runner: StepRunner) -> None:
+        self.runner = runner
+
+    def step(
+        self, memory: Mapping[str, Any] | None, request: StepRequest, timeout_s: float
+    ) -> tuple[StepOutput, dict[str, Any]]:
+        del timeout_s  # in-process: nothing to wait for
+        return self.runner.run(memory, request)
+
+    def to_state(self, memory: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        return memory
+
+    def from_state(self, state: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        return state
+
+
+def inline_runner(spec: WorkerSpec, factory: ModelFactory | None = None) -> StepRunner:
+    """The in-process runner for ``spec``: ``factory()`` when it returns a ``StepRunner``
+    already, else a ``StepEngine`` on the model it (or ``spec.model``) builds."""
+    built = factory() if factory is not None else load_model(spec)
+    if isinstance(built, StepRunner):
+        return built
+    return StepEngine(built, spec.tempofit)
+
+
+def policy_backend(
+    spec: WorkerSpec,
+    *,
+    ray_namespace: str,
+    factory: ModelFactory | None = None,
+    serve_deployment: tuple[str, str] | None = None,
+) -> PolicyBackend:
+    """The backend a session actor steps through.
+
+    ``serve_deployment`` ``(app, deployment)`` picks that Serve deployment; otherwise
+    ``spec.placement`` picks the shared ``PolicyWorker`` actor or an in-process engine.
+    """
+    if spec.placement == "session":
+        return InlinePolicy(inline_runner(spec, factory))
+    if serve_deployment is not None:
+        from ray import serve
+
+        app, deployment = serve_deployment
+        return ServePolicy(serve.get_deployment_handle(deployment, app_name=app))
+    return ActorPolicy(worker_handle(spec, ray_namespace=ray_namespace, factory=factory))
