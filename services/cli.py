@@ -176,6 +176,63 @@ def _report_json(report: Any) -> dict[str, Any]:
     }
 
 
+@eval_app.command("robot")
+def eval_robot(
+    env: Annotated[
+        str | None,
+        typer.Option(help="Gymnasium id (default: the policy task, e.g. tempomem/TextRecall-v0)."),
+    ] = None,
+    policy: Annotated[str, typer.Option(help="smollm2 (text tasks) or tmaze-tiny.")] = "smollm2",
+    memory: Annotated[
+        list[str] | None,
+        typer.Option(help="none, tempofit, episodic, stacking; repeat (default: all four)."),
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per memory kind (same seeds).")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 0,
+    env_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Env constructor argument KEY=VALUE (JSON value), repeatable."),
+    ] = None,
+    capacity: Annotated[int, typer.Option(help="TempoFit frames (FIFO capacity).")] = 8,
+    stack: Annotated[int, typer.Option(help="Frames stacked before the current one.")] = 4,
+    out: Annotated[Path, typer.Option(help="Folder for report.json and the plots.")] = Path(
+        "out/eval"
+    ),
+) -> None:
+    """Run a frozen policy through a task with and without memory; JSON + plots to --out."""
+    from envs.memory_runners import MEMORY_KINDS
+    from envs.policy_zoo import POLICIES
+    from services.robot_eval import parse_env_args, run_robot_eval
+
+    memories = list(memory or MEMORY_KINDS)
+    try:
+        if policy not in POLICIES:
+            raise ValueError(f"--policy must be one of {sorted(POLICIES)}, got {policy!r}")
+        env_kwargs = parse_env_args(env_arg or [])
+        options = _runner_options(capacity, stack)
+        run_robot_eval(
+            env or POLICIES[policy].default_env,
+            policy,
+            memories,
+            episodes=episodes,
+            seed=seed,
+            env_kwargs=env_kwargs,
+            runner_options=options,
+            out_dir=out,
+            console=console,
+        )
+    except (ValueError, TypeError) as err:
+        console.print(f"[red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from err
+    console.print(f"wrote {out}/report.json and plots")
+
+
+def _runner_options(capacity: int, stack: int) -> dict[str, dict[str, Any]]:
+    if not 1 <= capacity <= 256:
+        raise ValueError(f"--capacity must be in [1, 256], got {capacity}")
+    return {"tempofit": {"capacity": capacity}, "stacking": {"k": stack}}
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -361,9 +418,22 @@ def summarize_metrics(text: str) -> dict[str, str]:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    episodes: Annotated[int, typer.Option(help="Episodes per configuration.")] = 12,
+    delay: Annotated[int, typer.Option(help="Distractor steps between cue and question.")] = 3,
+    out: Annotated[Path, typer.Option(help="Folder for demo.json and the plots.")] = Path("out"),
+    seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 0,
+) -> None:
     """Run the end-to-end demo (robot episodes with and without memory, an agent scenario)."""
-    console.print("nothing to demo yet: the demo lands with the gymnasium/evaluation issue")
+    from services.demo import DemoSettings, run_demo
+
+    if not 1 <= episodes <= 1000:
+        console.print(f"[red]error[/]: --episodes must be in [1, 1000], got {episodes}")
+        raise typer.Exit(2)
+    if not 0 <= delay <= 64:
+        console.print(f"[red]error[/]: --delay must be in [0, 64], got {delay}")
+        raise typer.Exit(2)
+    run_demo(DemoSettings(episodes=episodes, delay=delay, out=out, seed=seed), console)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -31,7 +31,6 @@ version simple and exactly restorable.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kv_store.state import decode_state, encode_state
 from memory import TempoFitConfig
+from policies.choice_scoring import score_choices
 from services.schemas import StepRequest
 
 ModelFactory = Callable[[], Any]
@@ -179,7 +179,7 @@ class StepEngine:
                 top_ids, top_logits = indices.tolist(), values.tolist()
             scores = None
             if request.choices is not None:
-                scores = self._score_choices(last, out.past_key_values, request.choices)
+                scores = score_choices(self.model, last, out.past_key_values, request.choices)
         computed = time.perf_counter()
         new_state = self._live_state = tf.state_dict()
         done = time.perf_counter()
@@ -343,24 +343,6 @@ class StepEngine:
                 )
             )
         return outputs
-
-    def _score_choices(
-        self, last_logits: torch.Tensor, cache: Any, choices: list[list[int]]
-    ) -> list[float]:
-        """Sum of log p(choice tokens | input_ids) per choice, from the step's KV cache (the
-        prefix keys there are the memory-loaded ones, so the scores see the memory)."""
-        first_logp = torch.log_softmax(last_logits, dim=-1)
-        scores = []
-        for choice in choices:
-            score = float(first_logp[choice[0]])
-            if len(choice) > 1:
-                branch = copy.deepcopy(cache)
-                ids = torch.tensor([choice[:-1]], dtype=torch.long)
-                logits = self.model(ids, past_key_values=branch, use_cache=True).logits[0]
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                score += float(logp[torch.arange(len(choice) - 1), choice[1:]].sum())
-            scores.append(score)
-        return scores
 
     def _check_vocab(self, request: StepRequest) -> None:
         if max(request.input_ids) >= self.vocab_size:
