@@ -88,7 +88,40 @@ def observations_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-class ElapsedTimeWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+class _ClockedWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+    """Reads the clock at ``reset()`` and after every ``step()`` and hands each observation to
+    ``_observe(obs, info, now, reset)``; subclasses decide what to add."""
+
+    def __init__(self, env: gym.Env[Any, Any], clock: Clock | None, dt: float | None, **args: Any):
+        # Not deep-copied: a clock is shared (and a SystemClock holds a lock).
+        gym.utils.RecordConstructorArgs.__init__(
+            self, _disable_deepcopy=True, clock=clock, dt=dt, **args
+        )
+        gym.Wrapper.__init__(self, env)
+        self._time = _StepClock(clock, dt)
+
+    @property
+    def clock(self) -> Clock:
+        return self._time.clock
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        return self._observe(obs, info, self._time.restart(), reset=True)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        out, info = self._observe(obs, info, self._time.read(advance=True), reset=False)
+        return out, reward, terminated, truncated, info
+
+    def _observe(
+        self, obs: Any, info: dict[str, Any], now: float, reset: bool
+    ) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+
+class ElapsedTimeWrapper(_ClockedWrapper):
     """Adds ``[since_reset_s, since_change_s]``: time since reset, and since the observation last
     changed (compared with ``observations_equal``).
 
@@ -107,12 +140,7 @@ class ElapsedTimeWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstr
     ) -> None:
         if into not in INTO:
             raise ValueError(f"into must be one of {INTO}, got {into!r}")
-        # Not deep-copied: a clock is shared (and a SystemClock holds a lock).
-        gym.utils.RecordConstructorArgs.__init__(
-            self, _disable_deepcopy=True, clock=clock, dt=dt, into=into
-        )
-        gym.Wrapper.__init__(self, env)
-        self._time = _StepClock(clock, dt)
+        super().__init__(env, clock, dt, into=into)
         self.into = into
         if into == "observation":
             self.observation_space = spaces.Dict(
@@ -124,29 +152,15 @@ class ElapsedTimeWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstr
         self._t_reset = self._t_change = 0.0
         self._last_obs: Any = None
 
-    @property
-    def clock(self) -> Clock:
-        return self._time.clock
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    def _observe(
+        self, obs: Any, info: dict[str, Any], now: float, reset: bool
     ) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(seed=seed, options=options)
-        now = self._time.restart()
-        self._t_reset = self._t_change = now
-        self._last_obs = copy.deepcopy(obs)
-        return self._emit(obs, info, now)
-
-    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        now = self._time.read(advance=True)
-        if not observations_equal(obs, self._last_obs):
+        if reset:
+            self._t_reset = self._t_change = now
+            self._last_obs = copy.deepcopy(obs)
+        elif not observations_equal(obs, self._last_obs):
             self._t_change = now
             self._last_obs = copy.deepcopy(obs)
-        out, info = self._emit(obs, info, now)
-        return out, reward, terminated, truncated, info
-
-    def _emit(self, obs: Any, info: dict[str, Any], now: float) -> tuple[Any, dict[str, Any]]:
         since_reset, since_change = now - self._t_reset, now - self._t_change
         if self.into == "info":
             return obs, {**info, "elapsed_s": since_reset, "since_change_s": since_change}
@@ -154,7 +168,7 @@ class ElapsedTimeWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstr
         return {"observation": obs, "elapsed": elapsed}, info
 
 
-class TimestampWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+class TimestampWrapper(_ClockedWrapper):
     """Stamps every observation with the clock's time ``t`` (seconds).
 
     The observation becomes ``{"observation": obs, "t": float64[1]}`` (space
@@ -165,9 +179,7 @@ class TimestampWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
     def __init__(
         self, env: gym.Env[Any, Any], clock: Clock | None = None, dt: float | None = 0.05
     ) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self, _disable_deepcopy=True, clock=clock, dt=dt)
-        gym.Wrapper.__init__(self, env)
-        self._time = _StepClock(clock, dt)
+        super().__init__(env, clock, dt)
         self.observation_space = spaces.Dict(
             {
                 "observation": env.observation_space,
@@ -175,22 +187,8 @@ class TimestampWrapper(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstruc
             }
         )
 
-    @property
-    def clock(self) -> Clock:
-        return self._time.clock
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    def _observe(
+        self, obs: Any, info: dict[str, Any], now: float, reset: bool
     ) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(seed=seed, options=options)
-        return self._stamp(obs, info, self._time.restart())
-
-    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        out, info = self._stamp(obs, info, self._time.read(advance=True))
-        return out, reward, terminated, truncated, info
-
-    @staticmethod
-    def _stamp(obs: Any, info: dict[str, Any], now: float) -> tuple[Any, dict[str, Any]]:
         stamped = {"observation": obs, "t": np.array([now], dtype=np.float64)}
         return stamped, {**info, "t": now}

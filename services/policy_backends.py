@@ -46,8 +46,18 @@ class PolicyBackend(Protocol):
     def from_state(self, state: Mapping[str, Any] | None) -> Any: ...
 
 
-class _PackedMemory:
-    """Memory as codec bytes: for backends whose policy runs in another process."""
+class RemotePolicy:
+    """A policy in another process; memory travels as packed codec bytes each step."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def step(
+        self, memory: bytes | None, request: StepRequest, timeout_s: float
+    ) -> tuple[StepOutput, bytes]:
+        pending = self.handle.step.remote(memory, request.model_dump(mode="json"))
+        output, new_memory = self._wait(pending, timeout_s)
+        return StepOutput.model_validate(output), new_memory
 
     def to_state(self, memory: bytes | None) -> Mapping[str, Any] | None:
         return None if memory is None else decode_state(memory)
@@ -55,35 +65,24 @@ class _PackedMemory:
     def from_state(self, state: Mapping[str, Any] | None) -> bytes | None:
         return None if state is None else encode_state(state)
 
+    def _wait(self, pending: Any, timeout_s: float) -> Any:
+        raise NotImplementedError
 
-class ActorPolicy(_PackedMemory):
+
+class ActorPolicy(RemotePolicy):
     """The shared ``PolicyWorker`` actor named by the spec (created on first use)."""
 
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    def step(
-        self, memory: bytes | None, request: StepRequest, timeout_s: float
-    ) -> tuple[StepOutput, bytes]:
+    def _wait(self, pending: Any, timeout_s: float) -> Any:
         import ray
 
-        ref = self.handle.step.remote(memory, request.model_dump(mode="json"))
-        output, new_memory = ray.get(ref, timeout=timeout_s)
-        return StepOutput.model_validate(output), new_memory
+        return ray.get(pending, timeout=timeout_s)
 
 
-class ServePolicy(_PackedMemory):
+class ServePolicy(RemotePolicy):
     """A Ray Serve ``PolicyDeployment`` (its ``@serve.batch`` batches concurrent sessions)."""
 
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    def step(
-        self, memory: bytes | None, request: StepRequest, timeout_s: float
-    ) -> tuple[StepOutput, bytes]:
-        response = self.handle.step.remote(memory, request.model_dump(mode="json"))
-        output, new_memory = response.result(timeout_s=timeout_s)
-        return StepOutput.model_validate(output), new_memory
+    def _wait(self, pending: Any, timeout_s: float) -> Any:
+        return pending.result(timeout_s=timeout_s)
 
 
 class InlinePolicy:
