@@ -132,6 +132,7 @@ class RayBackend:
         self._sessions: set[str] = set()
         self._logs: OrderedDict[str, Any] = OrderedDict()
         self._stores: dict[str, Any] = {}
+        self._root_store: Any = None
         self._lock = threading.Lock()
         self._advisor: Any = None
 
@@ -154,8 +155,10 @@ class RayBackend:
             log = self._logs.get(str(session))
             if log is None:
                 store = self._stores.get(session.namespace)
-                if store is None:
-                    store = self.settings.store.build(session.namespace)
+                if store is None:  # one connection pool for all tenants, a view per tenant
+                    if self._root_store is None:
+                        self._root_store = self.settings.store.build(session.namespace)
+                    store = self._root_store.with_namespace(session.namespace)
                     self._stores[session.namespace] = store
                 log = AgentEventLog(store, session.id, embedder="lexical")
                 self._logs[str(session)] = log
