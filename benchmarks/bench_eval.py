@@ -20,7 +20,7 @@ from typing import Any
 
 from envs.eval_plots import plot_all
 from envs.evaluation import EvalReport, evaluate
-from envs.policy_zoo import load_policy
+from envs.policy_zoo import load_policy, runner_options
 
 PLOTS = Path(__file__).resolve().parents[1] / "docs" / "eval"
 STACK_K = 2
@@ -60,7 +60,7 @@ def run(episodes: int = 30) -> str:
             episodes=episodes,
             seed=1000,
             env_kwargs=kwargs,
-            runner_options={"stacking": {"k": STACK_K}},
+            runner_options=runner_options(policy_name, stack=STACK_K),
         )
         table += _rows(name, report)
         (PLOTS / f"{name}.json").parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,9 @@ def run(episodes: int = 30) -> str:
         [
             f"{episodes} seeded episodes per row (the same episodes for every memory); success "
             f"with its 95 % Wilson interval; step time = median model time per step, and its "
-            f"ratio to no memory in the same run. TempoFit: `policies.default_layers`, 8 frames; "
+            f"ratio to no memory in the same run. TempoFit: 8 frames at "
+            f"`policies.default_layers` (SmolLM2) or layers [1, 2] (the 4-layer T-maze "
+            f"policy); "
             f"episodic: `envs.memory_runners.EpisodicRunner` defaults (32-token local window, "
             f"64 retrieved tokens); stacking: the last {STACK_K} frames. Chance: 0.25 for text "
             f"recall (4 options), 0.5 for the T-maze.",

@@ -55,7 +55,9 @@ class MemoryRunner(ABC):
 
     def __init__(self, policy: FrozenPolicy) -> None:
         if not isinstance(policy, FrozenPolicy):
-            raise ValueError(f"policy must implement envs.frozen_policy.FrozenPolicy, got {type(policy)!r}")
+            raise ValueError(
+                f"policy must implement envs.frozen_policy.FrozenPolicy, got {type(policy)!r}"
+            )
         self.policy = policy
         self.model = policy.model
         self._step = 0

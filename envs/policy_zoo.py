@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Any
 
 from envs.frozen_policy import FrozenPolicy
 
@@ -13,6 +14,7 @@ class ZooEntry:
     loader: str  # "module:function" returning a FrozenPolicy
     default_env: str
     description: str
+    tempofit_layers: tuple[int, ...] | None = None  # None: policies.default_layers
 
 
 POLICIES: dict[str, ZooEntry] = {
@@ -25,6 +27,10 @@ POLICIES: dict[str, ZooEntry] = {
         "envs.vector_policy:load_vector_policy",
         "tempomem/TMaze-v0",
         "a tiny LLaMA trained memoryless on T-maze frames, frozen (vector tasks)",
+        # Of its 4 layers, the middle two: with all four (the default band for 4 layers) the
+        # cue is lost past corridor length 4 (measured: 1.0 at length 8 with [1, 2], 0.39 with
+        # [0, 1, 2, 3]).
+        tempofit_layers=(1, 2),
     ),
 }
 
@@ -38,3 +44,21 @@ def load_policy(name: str) -> FrozenPolicy:
     if not isinstance(policy, FrozenPolicy):
         raise TypeError(f"{POLICIES[name].loader} did not return a FrozenPolicy")
     return policy
+
+
+def runner_options(name: str, capacity: int = 8, stack: int = 4) -> dict[str, dict[str, Any]]:
+    """Memory-runner options for policy ``name``: its TempoFit layers and ``capacity`` frames,
+    ``stack`` frames for stacking."""
+    from memory import TempoFitConfig
+
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 256:
+        raise ValueError(f"capacity must be an int in [1, 256], got {capacity!r}")
+    layers = POLICIES[name].tempofit_layers
+    tempofit: dict[str, Any] = {"capacity": capacity}
+    if layers is not None:
+        tempofit = {
+            "config": TempoFitConfig(layers=list(layers), capacity=capacity, max_prefix_len=4096)
+        }
+    return {"tempofit": tempofit, "stacking": {"k": stack}}

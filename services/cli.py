@@ -201,7 +201,7 @@ def eval_robot(
 ) -> None:
     """Run a frozen policy through a task with and without memory; JSON + plots to --out."""
     from envs.memory_runners import MEMORY_KINDS
-    from envs.policy_zoo import POLICIES
+    from envs.policy_zoo import POLICIES, runner_options
     from services.robot_eval import parse_env_args, run_robot_eval
 
     memories = list(memory or MEMORY_KINDS)
@@ -209,7 +209,7 @@ def eval_robot(
         if policy not in POLICIES:
             raise ValueError(f"--policy must be one of {sorted(POLICIES)}, got {policy!r}")
         env_kwargs = parse_env_args(env_arg or [])
-        options = _runner_options(capacity, stack)
+        options = runner_options(policy, capacity=capacity, stack=stack)
         run_robot_eval(
             env or POLICIES[policy].default_env,
             policy,
@@ -225,12 +225,6 @@ def eval_robot(
         console.print(f"[red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from err
     console.print(f"wrote {out}/report.json and plots")
-
-
-def _runner_options(capacity: int, stack: int) -> dict[str, dict[str, Any]]:
-    if not 1 <= capacity <= 256:
-        raise ValueError(f"--capacity must be in [1, 256], got {capacity}")
-    return {"tempofit": {"capacity": capacity}, "stacking": {"k": stack}}
 
 
 @app.command()

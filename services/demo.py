@@ -177,7 +177,7 @@ def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
     import envs  # noqa: F401  (registers the tempomem/ ids)
     from envs.eval_plots import plot_all
     from envs.evaluation import evaluate
-    from envs.policy_zoo import load_policy
+    from envs.policy_zoo import load_policy, runner_options
     from services.robot_eval import summary_table
 
     started = time.perf_counter()
@@ -196,6 +196,7 @@ def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
         ("text", TEXT_ENV, text_policy, {"delay": settings.delay}),
         ("tmaze", TMAZE_ENV, load_policy("tmaze-tiny"), {"corridor_length": settings.corridor}),
     ):
+        zoo_name = "smollm2" if name == "text" else "tmaze-tiny"
         with console.status(f"{env_id}: {settings.episodes} episodes x 4 memories ..."):
             report = evaluate(
                 env_id,
@@ -203,7 +204,7 @@ def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
                 episodes=settings.episodes,
                 seed=settings.seed,
                 env_kwargs=kwargs,
-                runner_options={"stacking": {"k": 2}},
+                runner_options=runner_options(zoo_name, stack=2),
             )
         reports[name] = report
         console.print(summary_table(report))

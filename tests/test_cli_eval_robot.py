@@ -38,7 +38,7 @@ def test_eval_robot_bad_options_exit_2_with_a_message(tmp_path: Path) -> None:
         (["--policy", "gpt-9"], "--policy must be one of"),
         (["--env-arg", "corridor_length"], "KEY=VALUE"),
         (["--memory", "lstm"], "memories must be"),
-        (["--capacity", "0"], "--capacity"),
+        (["--capacity", "0"], "capacity must be"),
     ):
         args = ["eval", "robot", "--policy", "tmaze-tiny", "--episodes", "1"]
         result = runner.invoke(app, [*args, *bad, "--out", str(tmp_path)])

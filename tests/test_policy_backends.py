@@ -130,6 +130,4 @@ def test_in_process_session_restores_from_redis_and_continues_identically(
         )
         assert restarted["top_k_ids"] == uninterrupted["top_k_ids"]
         assert restarted["top_k_logits"] == pytest.approx(uninterrupted["top_k_logits"], abs=1e-6)
-        assert restarted["choice_scores"] == pytest.approx(
-            uninterrupted["choice_scores"], abs=1e-6
-        )
+        assert restarted["choice_scores"] == pytest.approx(uninterrupted["choice_scores"], abs=1e-6)
