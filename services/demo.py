@@ -204,7 +204,7 @@ def run_demo(settings: DemoSettings, console: Console) -> dict[str, Any]:
                 episodes=settings.episodes,
                 seed=settings.seed,
                 env_kwargs=kwargs,
-                runner_options=runner_options(zoo_name, stack=2),
+                runner_options=runner_options(zoo_name, stack=4),
             )
         reports[name] = report
         console.print(summary_table(report))
