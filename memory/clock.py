@@ -85,6 +85,11 @@ class SimClock:
             return self._t
 
 
+#: Epoch seconds a timestamp may take: 1970-01-01 to 9999-12-31 (what datetime can print).
+MIN_EPOCH_S = 0.0
+MAX_EPOCH_S = 253_402_300_799.0
+
+
 def parse_timestamp(value: float | int | str | datetime) -> float:
     """Seconds since the epoch from an epoch number, an ISO-8601 string or an aware datetime.
 
@@ -94,7 +99,13 @@ def parse_timestamp(value: float | int | str | datetime) -> float:
     if isinstance(value, bool):
         raise ValueError(f"timestamp must be a number, ISO-8601 string or datetime, got {value!r}")
     if isinstance(value, int | float):
-        return _finite("timestamp", float(value))
+        seconds = _finite("timestamp", float(value))
+        if not MIN_EPOCH_S <= seconds <= MAX_EPOCH_S:
+            raise ValueError(
+                f"timestamp {seconds:g} is outside the years 1970-9999 "
+                f"([{MIN_EPOCH_S:g}, {MAX_EPOCH_S:g}] epoch seconds)"
+            )
+        return seconds
     if isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):

@@ -230,3 +230,15 @@ def test_search_with_minilm_when_available() -> None:
     log.record_message({"role": "user", "content": "Buy 10 shares of ACME at market price"})
     hits = log.search("umbrella forecast", k=1)
     assert len(hits) == 1 and "rain" in hits[0].event["message"]["content"]
+
+
+def test_an_absurd_event_time_is_refused_and_loses_nothing() -> None:
+    """A time no calendar can print (found by schemathesis: it used to be stored, and every
+    later event then failed with an OverflowError) is a ValueError; the log goes on."""
+    log = AgentEventLog(LocalStore(), "fuzz", embedder="lexical")
+    log.record_message({"role": "user", "content": "hello"}, t=1_700_000_000.0)
+    for bad in (1e20, 1e300, -5.0):
+        with pytest.raises(ValueError, match="timestamp"):
+            log.record_message({"role": "user", "content": "x"}, t=bad)
+    log.record_message({"role": "user", "content": "still here"}, t=1_700_000_060.0)
+    assert [m["content"] for m in log.messages()] == ["hello", "still here"]

@@ -99,3 +99,9 @@ def test_parse_timestamp(value, expected: float) -> None:
 def test_parse_timestamp_rejects(value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_timestamp(value)
+
+
+@pytest.mark.parametrize("value", [-1.0, 1e20, 1e300, 253_402_300_800])
+def test_parse_timestamp_rejects_epochs_no_calendar_can_print(value: float) -> None:
+    with pytest.raises(ValueError, match="outside the years 1970-9999"):
+        parse_timestamp(value)
