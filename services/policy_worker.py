@@ -156,6 +156,12 @@ class StepEngine:
         for a state that does not fit this worker's model or config.
         """
         self._check_vocab(request)
+        return self._run_checked(state, request)
+
+    def _run_checked(
+        self, state: Mapping[str, Any] | None, request: StepRequest
+    ) -> tuple[StepOutput, dict[str, Any]]:
+        """``run`` for a request whose token ids were already checked."""
         start = time.perf_counter()
         tf = self.tempofit
         if tf.memory.batch_size != 1:
@@ -228,7 +234,7 @@ class StepEngine:
             try:
                 if len(indices) == 1:
                     i = indices[0]
-                    results[i] = self.run(items[i][0], items[i][1])
+                    results[i] = self._run_checked(items[i][0], items[i][1])
                 else:
                     batch = self._run_batch([items[i] for i in indices])
                     for i, result in zip(indices, batch, strict=True):
@@ -241,7 +247,7 @@ class StepEngine:
                     continue
                 for i in indices:  # a batch failed: find the culprit alone
                     try:
-                        results[i] = self.run(items[i][0], items[i][1])
+                        results[i] = self._run_checked(items[i][0], items[i][1])
                     except ValueError as single_err:
                         results[i] = single_err
         return results
