@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -61,6 +62,7 @@ class MemoryRunner(ABC):
         self.policy = policy
         self.model = policy.model
         self._step = 0
+        self._time_s: float | None = None  # info["t"] of the current step, if stamped
 
     def reset(self) -> None:
         """Forget everything (a new episode)."""
@@ -69,7 +71,15 @@ class MemoryRunner(ABC):
 
     @torch.no_grad()
     def act(self, obs: Any, info: dict[str, Any]) -> tuple[int, StepTrace]:
-        """The action for ``obs`` and what happened."""
+        """The action for ``obs`` and what happened.
+
+        An env wrapped in ``envs.TimestampWrapper`` / ``ElapsedTimeWrapper`` (observation
+        ``{"observation": ..., ...}``) works as is: the policy sees the inner observation, and
+        ``info["t"]`` is the step's time for a TempoFit whose ``gap_unit`` is "seconds".
+        """
+        if isinstance(obs, Mapping) and "observation" in obs:
+            obs = obs["observation"]
+        self._time_s = info.get("t")
         frame = self.policy.frame(obs, info)
         start = time.perf_counter()
         scores, trace = self._run(frame)
@@ -146,16 +156,31 @@ class TempoFitRunner(MemoryRunner):
         self.config = config
         self.tempofit = TempoFit(self.model, config)
         self.trace = FrameRetrievalTrace(self.tempofit)
+        self._steps_at: dict[float, int] = {}  # frame time -> env step
 
     def _reset_memory(self) -> None:
         self.tempofit.reset()
+        self._steps_at = {}
+
+    def _nearest_step(self, t: float) -> int:
+        return self._steps_at[min(self._steps_at, key=lambda known: abs(known - t))]
 
     def _run(self, frame: Frame) -> tuple[list[float] | None, dict[str, Any]]:
         frames = self.tempofit.memory.num_frames(self.config.layers[0])
         traced_before = self.trace.elapsed_s
-        with self.tempofit.step(prefix_len=len(frame.prefix_ids), t=float(self._step)):
+        t = float(self._step)
+        if self.config.gap_unit == "seconds":
+            if self._time_s is None:
+                raise ValueError(
+                    "TempoFit with gap_unit='seconds' needs each step's time: wrap the env in "
+                    "envs.TimestampWrapper (it puts info['t'])"
+                )
+            t = float(self._time_s)
+        self._steps_at[t] = self._step
+        with self.tempofit.step(prefix_len=len(frame.prefix_ids), t=t):
             scores = self._forward_and_score(frame.prefix_ids + frame.suffix_ids, frame.choices)
-        retrieved = {round(t): mass for t, mass in self.trace.pop().items()}
+        # Frame times come back through float32 (memory.history); match them to the nearest.
+        retrieved = {self._nearest_step(t): mass for t, mass in self.trace.pop().items()}
         traced_ms = (self.trace.elapsed_s - traced_before) * 1e3
         return scores, {"frames_in_memory": frames, "retrieved": retrieved, "traced_ms": traced_ms}
 

@@ -120,3 +120,32 @@ def test_unknown_kind_and_bad_policy_are_clear_errors() -> None:
         make_runner("lstm", _TokenPolicy())
     with pytest.raises(ValueError, match="FrozenPolicy"):
         make_runner("none", object())  # type: ignore[arg-type]
+
+
+def test_tempofit_in_seconds_reads_the_time_of_a_timestamped_env() -> None:
+    """The glue with the wrappers: a TimestampWrapper's observation dict is unwrapped for the
+    policy and its info["t"] is TempoFit's time when gap_unit is "seconds"."""
+    import gymnasium as gym
+
+    import envs
+    from envs.evaluation import run_episode
+
+    class _TMaze(_TokenPolicy):
+        def frame(self, obs: Any, info: dict[str, Any]) -> Frame:
+            prefix = [1, 2 + int(obs[0]), 4 + int(obs[1]), 6 + int(obs[2])]
+            choices = [[20], [21]] if info["phase"] == "junction" else None
+            return Frame(prefix_ids=prefix, suffix_ids=[30], choices=choices)
+
+    config = TempoFitConfig(layers=[1, 2], capacity=8, gap_unit="seconds")
+    runner = make_runner("tempofit", _TMaze(), config=config)
+    env = envs.TimestampWrapper(gym.make("tempomem/TMaze-v0", corridor_length=3), dt=0.5)
+    result = run_episode(runner, env, seed=0, episode=0)
+    assert [s.frames_in_memory for s in result.steps] == [0, 1, 2, 3]
+    assert sorted(result.steps[-1].retrieved) == [0, 1, 2]  # env steps, not seconds
+    times = runner.tempofit.memory.state_dict()["layer.1.frame_time"][0].tolist()
+    assert times == [0.0, 0.5, 1.0, 1.5]  # the wrapper's clock, in seconds
+
+    plain_env = gym.make("tempomem/TMaze-v0", corridor_length=3)
+    with pytest.raises(ValueError, match="TimestampWrapper"):
+        run_episode(runner, plain_env, seed=0, episode=0)
+    runner.close()
