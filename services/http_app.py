@@ -42,6 +42,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from services.schemas import (
+    AGENT_ID_PATTERN,
     NAME_PATTERN,
     NAMESPACE_HEADER,
     ElapsedResponse,
@@ -313,6 +314,13 @@ async def _too_large(send: Send, detail: str) -> None:
 SessionPath = Annotated[
     str, Path(pattern=NAME_PATTERN, description="Session id; [A-Za-z0-9_.-]{1,64}.")
 ]
+AgentPath = Annotated[
+    str,
+    Path(
+        pattern=AGENT_ID_PATTERN,
+        description="Agent session id; [A-Za-z0-9_.-]{1,64}, starting with a letter or digit.",
+    ),
+]
 
 
 def _error_text(err: BaseException) -> str:
@@ -445,7 +453,7 @@ def create_app(
 
     @app.post("/v1/agents/{session_id}/events", response_model=AgentEventResponse, tags=["agent"])
     async def agent_event(
-        session_id: SessionPath, body: AgentEventRequest, namespace: Namespace
+        session_id: AgentPath, body: AgentEventRequest, namespace: Namespace
     ) -> Any:
         """Record one event of an agent session (timestamped, in the session's stream)."""
         session = agent(namespace, session_id)
@@ -453,7 +461,7 @@ def create_app(
         return AgentEventResponse(session_id=str(session), id=event_id)
 
     @app.post("/v1/agents/{session_id}/advise", response_model=AdviseResponse, tags=["agent"])
-    async def advise(session_id: SessionPath, body: AdviseRequest, namespace: Namespace) -> Any:
+    async def advise(session_id: AgentPath, body: AdviseRequest, namespace: Namespace) -> Any:
         """Should the agent call a tool for the last user message, or answer directly?"""
         session = agent(namespace, session_id)
         decision = await agent_call(lambda: backend().advise(session, body))

@@ -27,6 +27,9 @@ SessionKind = Literal["robot", "agent"]
 
 #: Names of tenants (namespaces) and sessions: the store's namespace rule.
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+#: Agent session ids over HTTP: a session id (``NAME_PATTERN``) that ``AgentEventLog`` also
+#: takes (it wants a letter or digit first), so a bad id fails once, at the route.
+AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 #: HTTP header naming the tenant namespace when no bearer token decides it.
 NAMESPACE_HEADER = "X-Tempomem-Namespace"
 #: Most tokens one step may send (prefix + suffix).

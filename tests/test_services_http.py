@@ -434,3 +434,17 @@ def test_without_tokens_the_namespace_is_the_header() -> None:
         assert http.post("/v1/sessions/r1/step", content=b"x" * 4096).status_code == 413
         assert http.get("/metrics").status_code == 200
     assert backend.seen == [("default", "elapsed"), ("team-x", "elapsed")]
+
+
+def test_agent_ids_follow_one_rule_checked_at_the_route() -> None:
+    """An agent id the event log would refuse ("-a": not a letter or digit first) is a 422
+    naming the path parameter, before any backend call."""
+    backend = _FakeBackend()
+    app = create_app(lambda: backend, HttpSettings())
+    body = {"kind": "message", "message": {"role": "user", "content": "hi"}}
+    with TestClient(app) as http:
+        for bad in ("-a", ".hidden", "a" * 65):
+            response = http.post(f"/v1/agents/{bad}/events", json=body)
+            assert response.status_code == 422, bad
+            assert "session_id" in str(response.json()["detail"]), bad
+    assert backend.seen == []
