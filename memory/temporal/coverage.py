@@ -21,6 +21,7 @@ An explicit request to look again ("check again", "refresh") is never covered.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -185,38 +186,26 @@ def known_tokens(texts: Iterable[str]) -> set[str]:
     return known
 
 
-_TOKENS_CACHE: dict[str, frozenset[str]] = {}
-_WORDS_CACHE: dict[str, frozenset[str]] = {}
 _CACHE_MAX = 4096  # bounded; cached exchanges are re-read at every decision of a conversation
 
 
+@functools.lru_cache(maxsize=_CACHE_MAX)
 def _text_tokens(text: str) -> frozenset[str]:
-    hit = _TOKENS_CACHE.get(text)
-    if hit is None:
-        known: set[str] = set()
-        for token in _TOKEN.findall(text):
-            lowered = token.lower()
-            known.add(lowered)
-            known.add(singular(lowered))
-            if "-" in lowered or "." in lowered:
-                for part in re.split(r"[-.]", lowered):
-                    known.add(part)
-                    known.add(singular(part))
-        hit = frozenset(known)
-        if len(_TOKENS_CACHE) >= _CACHE_MAX:
-            _TOKENS_CACHE.clear()
-        _TOKENS_CACHE[text] = hit
-    return hit
+    known: set[str] = set()
+    for token in _TOKEN.findall(text):
+        lowered = token.lower()
+        known.add(lowered)
+        known.add(singular(lowered))
+        if "-" in lowered or "." in lowered:
+            for part in re.split(r"[-.]", lowered):
+                known.add(part)
+                known.add(singular(part))
+    return frozenset(known)
 
 
+@functools.lru_cache(maxsize=_CACHE_MAX)
 def _result_words(text: str) -> frozenset[str]:
-    hit = _WORDS_CACHE.get(text)
-    if hit is None:
-        hit = frozenset(words(text))
-        if len(_WORDS_CACHE) >= _CACHE_MAX:
-            _WORDS_CACHE.clear()
-        _WORDS_CACHE[text] = hit
-    return hit
+    return frozenset(words(text))
 
 
 def _entity_known(entity: str, known: set[str]) -> bool:
