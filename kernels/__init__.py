@@ -6,7 +6,7 @@ imported only when the Triton backend runs, so this package imports without trit
 
 from kernels.blocked import fgtb_blocked
 from kernels.dispatch import fgtb_retrieve, resolve_backend, triton_available
-from kernels.reference import fgtb_reference, fgtb_scores
+from kernels.reference import fgtb_reference, fgtb_scores, fgtb_scores_at
 from kernels.slopes import alibi_slopes
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "fgtb_reference",
     "fgtb_retrieve",
     "fgtb_scores",
+    "fgtb_scores_at",
     "resolve_backend",
     "triton_available",
 ]

@@ -12,6 +12,8 @@ import math
 import torch
 from torch import Tensor
 
+from kernels.slopes import alibi_slopes
+
 
 def fgtb_scores(
     query: Tensor,
@@ -31,6 +33,22 @@ def fgtb_scores(
     bias = -bias_scale * slopes.float()[None, :, None] * gap[:, None, :]  # (B, H, L)
     scores = scale * (query.float() @ k_hist.float().transpose(-1, -2)) + bias[:, :, None, :]
     return scores.masked_fill(~hist_valid[:, None, None, :], float("-inf"))
+
+
+def fgtb_scores_at(
+    query: Tensor,
+    k_hist: Tensor,
+    hist_time: Tensor,
+    hist_valid: Tensor,
+    time: float | Tensor,
+    bias_scale: float,
+) -> Tensor:
+    """``fgtb_scores`` with the ALiBi slopes of ``query``'s heads (the memory's slopes) and one
+    current ``time`` (a float, or (B,)) for the batch. For tools that inspect retrieval."""
+    batch, heads = query.shape[:2]
+    slopes = alibi_slopes(heads).to(query.device)
+    now = torch.as_tensor(time, dtype=torch.float64).expand(batch).to(torch.float32)
+    return fgtb_scores(query, k_hist, hist_time, hist_valid, now, slopes, bias_scale)
 
 
 def fgtb_reference(

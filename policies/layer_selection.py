@@ -88,10 +88,7 @@ def _retrieval_concentration(
 ) -> float:
     """Mean ``1 - H(W)/log(n)`` of the FGTB weights of ``query`` (B, H, S, D) over
     ``k_hist`` (B, H, L, D) with times (B, L) and validity (B, L); same formula as the kernel."""
-    batch, heads = query.shape[:2]
-    slopes = kernels.alibi_slopes(heads).to(query.device)
-    now = torch.as_tensor(time, dtype=torch.float64).expand(batch).to(torch.float32)
-    scores = kernels.fgtb_scores(query, k_hist, hist_time, hist_valid, now, slopes, bias_scale)
+    scores = kernels.fgtb_scores_at(query, k_hist, hist_time, hist_valid, time, bias_scale)
     valid = hist_valid[:, None, None, :]
     log_weights = torch.log_softmax(scores, dim=-1)
     weights = log_weights.exp()

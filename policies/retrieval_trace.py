@@ -37,12 +37,9 @@ class FrameRetrievalTrace:
         if num_frames == 0:
             return
         k_hist, _v, hist_time, hist_valid = memory.history(event.layer)
-        batch, heads, prefix_len = event.query.shape[:3]
-        slopes = kernels.alibi_slopes(heads).to(event.query.device)
-        now = torch.as_tensor(event.time, dtype=torch.float64).expand(batch).to(torch.float32)
-        bias_scale = self.tempofit.config.bias_scale(prefix_len)
-        scores = kernels.fgtb_scores(
-            event.query, k_hist, hist_time, hist_valid, now, slopes, bias_scale
+        bias_scale = self.tempofit.config.bias_scale(event.query.shape[2])
+        scores = kernels.fgtb_scores_at(
+            event.query, k_hist, hist_time, hist_valid, event.time, bias_scale
         )
         weights = torch.softmax(scores, dim=-1)[0].mean(dim=(0, 1))  # (L,)
         per_frame = weights.reshape(num_frames, -1).sum(-1)
