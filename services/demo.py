@@ -61,8 +61,10 @@ def _service_runs(settings: DemoSettings, policy: Any, console: Console) -> list
     import ray
     from rich.progress import Progress
 
+    from envs.evaluation import run_episode
     from services.client import TempomemClient
     from services.policy_worker import WorkerSpec
+    from services.service_runner import ServiceRunner
 
     if not ray.is_initialized():
         ray.init(
@@ -74,38 +76,18 @@ def _service_runs(settings: DemoSettings, policy: Any, console: Console) -> list
     client = TempomemClient("demo", worker=WorkerSpec(model="smollm2"), store="local")
     env = gym.make(TEXT_ENV, delay=settings.delay)
     runs = [ServiceRun(True, 0, 0), ServiceRun(False, 0, 0)]
+    runners = [
+        ServiceRunner(policy, client, "with-memory" if run.memory else "no-memory", run.memory)
+        for run in runs
+    ]
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("service episodes", total=2 * settings.episodes)
         for episode in range(settings.episodes):
-            for run in runs:
-                session = "with-memory" if run.memory else "no-memory"
-                obs, info = env.reset(seed=settings.seed + episode)
-                client.reset(session)
-                step_id = 0
-                while True:
-                    frame = policy.frame(obs, info)
-                    if not run.memory and step_id:
-                        client.reset(session)  # empty memory: the frozen model alone
-                        step_id = 0
-                    start = time.perf_counter()
-                    answer = client.step(
-                        session,
-                        step_id,
-                        frame.prefix_ids + frame.suffix_ids,
-                        prefix_len=len(frame.prefix_ids),
-                        choices=frame.choices,
-                    )
-                    run.step_ms.append((time.perf_counter() - start) * 1e3)
-                    step_id += 1
-                    action = frame.default_action
-                    if answer.choice_scores:
-                        scores = answer.choice_scores
-                        action = max(range(len(scores)), key=scores.__getitem__)
-                    obs, _reward, terminated, truncated, info = env.step(action)
-                    if terminated or truncated:
-                        run.episodes += 1
-                        run.successes += int(bool(info.get("correct")))
-                        break
+            for run, runner in zip(runs, runners, strict=True):
+                result = run_episode(runner, env, settings.seed + episode, episode)
+                run.episodes += 1
+                run.successes += int(result.success)
+                run.step_ms += [step.latency_ms for step in result.steps]
                 bar.advance(task)
     env.close()
     return runs

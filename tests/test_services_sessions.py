@@ -315,3 +315,48 @@ def test_session_step_on_smollm2(sessions: list[SessionId]) -> None:
     assert answers[1].choice_scores is not None
     assert all(math.isfinite(s) and s < 0 for s in answers[1].choice_scores)
     assert answers[0].top_k_logits != answers[1].top_k_logits  # memory changed the step
+
+
+# ------------------------------------------------------------------------------ env runner
+
+
+def test_service_runner_matches_the_in_process_runners(sessions: list[SessionId]) -> None:
+    """An env episode through the service gives the in-process answers: with memory those of
+    ``TempoFitRunner`` (same model and config), without memory those of ``NoMemoryRunner``."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers the tempomem/ ids)
+    from envs.evaluation import run_episode
+    from envs.frozen_policy import Frame
+    from envs.memory_runners import make_runner
+    from policies import tiny_random_model
+    from services.service_runner import ServiceRunner
+
+    class _TMazeTokens:
+        name = "tiny"
+        model = tiny_random_model()
+
+        def frame(self, obs: object, info: dict[str, object]) -> Frame:
+            o = list(obs)  # type: ignore[call-overload]
+            prefix = [1, 2 + int(o[0]), 4 + int(o[1]), 6 + int(o[2]), 9, 10, 11, 12]
+            choices = [[20], [21, 22]] if info["phase"] == "junction" else None
+            return Frame(prefix_ids=prefix, suffix_ids=[30], choices=choices)
+
+    policy = _TMazeTokens()
+    client = TempomemClient(f"tenant-r{uuid.uuid4().hex[:6]}", worker=WORKER)
+    env = gym.make("tempomem/TMaze-v0", corridor_length=5)  # past capacity 4
+    assert WORKER.tempofit is not None
+    for memory, local in (
+        (True, make_runner("tempofit", policy, config=WORKER.tempofit)),
+        (False, make_runner("none", policy)),
+    ):
+        name = _register(sessions, client, f"env-{memory}")
+        remote = run_episode(ServiceRunner(policy, client, name, memory), env, 7, 0)
+        reference = run_episode(local, env, 7, 0)
+        assert remote.success == reference.success
+        for a, b in zip(remote.steps, reference.steps, strict=True):
+            assert a.action == b.action and a.decided == b.decided
+            assert a.frames_in_memory == b.frames_in_memory
+            if b.scores is not None:
+                assert a.scores == pytest.approx(b.scores, abs=1e-5)
+        local.close()
