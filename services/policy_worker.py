@@ -24,9 +24,9 @@ State size (measured): a full state is ``2 * layers * H * frames * S_slot * D`` 
 plus token masks and frame times. Tests' tiny model (layers [1, 2], 2 KV heads, D 16, fp32), 8
 frames of 16 tokens: 66 KB. SmolLM2-135M (default layers [6, 9, 11, 14], 3 KV heads, D 64,
 fp32) at S = 256: 1.57 MB per frame, 12.6 MB at 8 frames, and pack + unpack of a full state
-takes 1-20 ms on CPU. At that size sending only the new frame (the session actor keeping the
-ring) is the next optimisation, cutting the per-step transfer 8x; full states keep this first
-version simple and exactly restorable.
+takes 1-20 ms on CPU. ``WorkerSpec(placement="session")`` avoids the transfer altogether (the
+engine runs in the session actor, see ``services.policy_backends``); for the shared placement,
+sending only the new frame (the session actor keeping the ring) would cut it 8x.
 """
 
 from __future__ import annotations
