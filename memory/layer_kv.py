@@ -198,12 +198,7 @@ class LayerwiseKVMemory:
         prefix_lens: Tensor | list[int] | None,
     ) -> tuple[_LayerRing, Tensor, Tensor, Tensor | None]:
         ring = self._ring(layer)
-        self._check_kv_input("k", k)
-        self._check_kv_input("v", v)
-        if v.shape != k.shape:
-            raise ValueError(
-                f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}"
-            )
+        self._check_kv_pair("k", k, "v", v)
         token_mask = self._token_mask(prefix_lens, k.shape[2])  # (B, S) or None for all tokens
         self._check_finite("k", k, token_mask, f" at layer {layer}")
         self._check_finite("v", v, token_mask, f" at layer {layer}")
@@ -287,13 +282,7 @@ class LayerwiseKVMemory:
                 f"{self.config.loading!r}; for the concat ablation use history(layer)"
             )
         ring = self._ring(layer)
-        self._check_kv_input("k_t", k_t)
-        self._check_kv_input("v_t", v_t)
-        if v_t.shape != k_t.shape:
-            raise ValueError(
-                f"k_t and v_t must have the same shape, "
-                f"got {tuple(k_t.shape)} and {tuple(v_t.shape)}"
-            )
+        self._check_kv_pair("k_t", k_t, "v_t", v_t)
         if self.config.retrieval == "k2k":
             if query is not None:
                 raise ValueError(
@@ -534,6 +523,16 @@ class LayerwiseKVMemory:
         ring.keys, ring.values, ring.token_valid = keys, values, token_valid
         if ring.frame_time is None:
             ring.frame_time = torch.zeros(batch, capacity, dtype=torch.float64)
+
+    def _check_kv_pair(self, k_name: str, k: Any, v_name: str, v: Any) -> None:
+        """Both fit ``_check_kv_input`` and have the same shape."""
+        self._check_kv_input(k_name, k)
+        self._check_kv_input(v_name, v)
+        if v.shape != k.shape:
+            raise ValueError(
+                f"{k_name} and {v_name} must have the same shape, "
+                f"got {tuple(k.shape)} and {tuple(v.shape)}"
+            )
 
     def _check_kv_input(self, name: str, x: Any) -> None:
         """A (B, H, S, D) tensor of this memory's batch size, heads, head dim, dtype, device."""
