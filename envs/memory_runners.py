@@ -118,7 +118,7 @@ class MemoryRunner(ABC):
         out = self.model(torch.tensor([ids], dtype=torch.long), use_cache=choices is not None)
         if choices is None:
             return None
-        return score_choices(self.model, out.logits[0, -1], out.past_key_values, choices)
+        return score_choices(self.model, out.logits[0, -1], out.cache, choices)
 
 
 class NoMemoryRunner(MemoryRunner):

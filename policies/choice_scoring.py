@@ -25,7 +25,7 @@ def score_choices(
     Args:
         model: the causal LM that produced ``cache``.
         last_logits: (V,) logits of the prompt's last token.
-        cache: the prompt's ``past_key_values`` (needed only for multi-token choices).
+        cache: the prompt's KV cache (``output.cache``) (needed only for multi-token choices).
         choices: token id lists, each non-empty.
     """
     first_logp = torch.log_softmax(last_logits.float(), dim=-1)
@@ -39,7 +39,7 @@ def score_choices(
                 raise ValueError("multi-token choices need the prompt's KV cache")
             branch = copy.deepcopy(cache)
             ids = torch.tensor([list(choice[:-1])], dtype=torch.long, device=last_logits.device)
-            logits = model(ids, past_key_values=branch, use_cache=True).logits[0]
+            logits = model(ids, cache=branch, use_cache=True).logits[0]
             logp = torch.log_softmax(logits.float(), dim=-1)
             score += float(logp[torch.arange(len(choice) - 1), list(choice[1:])].sum())
         scores.append(score)

@@ -4,7 +4,7 @@ Nothing here patches a class or a global function: every change is a hook or an 
 attribute on one model's modules, kept in a handle list and undone by ``remove()``.
 
 How the pre-RoPE keys and values are reached. In every supported family the attention forward
-computes, in this order (verified against transformers 5.23 ``modeling_*.py``)::
+computes, in this order (verified against transformers 5.24 ``modeling_*.py``)::
 
     llama, qwen2, gemma, gemma2:  q_proj -> k_proj -> v_proj          -> RoPE -> cache -> attn
     qwen3:                        q_proj -> q_norm -> k_proj -> k_norm -> v_proj -> RoPE -> ...
@@ -225,7 +225,7 @@ def describe_forward(
     """Read batch, length and start position from a decoder forward call's arguments.
 
     The start position is ``cache_position[0]`` when given (older transformers), else the
-    length of ``past_key_values`` (``get_seq_length()``), else 0. Explicit ``position_ids``
+    length of the KV ``cache`` (``get_seq_length()``), else 0. Explicit ``position_ids``
     without a cache are not taken as an offset.
     """
     try:
@@ -241,7 +241,7 @@ def describe_forward(
     if not isinstance(tokens, Tensor) or tokens.dim() < 2:
         raise ValueError("decoder forward got neither input_ids nor inputs_embeds of shape (B, T)")
     cache_position = bound.get("cache_position")
-    past = bound.get("past_key_values")
+    past = bound.get("cache")
     if isinstance(cache_position, Tensor) and cache_position.numel() > 0:
         start = int(cache_position.reshape(-1)[0])
     elif past is not None and hasattr(past, "get_seq_length"):
@@ -409,7 +409,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class _HistoryPrependingCache:
-    """Stand-in for ``past_key_values`` inside one attention forward: ``update()`` lets the real
+    """Stand-in for the KV ``cache`` inside one attention forward: ``update()`` lets the real
     cache (if any) store only the current tokens, then prepends the history to what the
     attention reads."""
 
@@ -564,8 +564,8 @@ class ConcatHistoryWrap:
                 hidden_states.shape[1],
                 hidden_states.dtype if self._additive else None,
             )
-            arguments["past_key_values"] = _HistoryPrependingCache(
-                arguments.get("past_key_values"), k_hist_rope, v_hist
+            arguments["cache"] = _HistoryPrependingCache(
+                arguments.get("cache"), k_hist_rope, v_hist
             )
             return original(*bound.args, **bound.kwargs)
 

@@ -18,7 +18,7 @@ or whose prefix forward raised, pushes nothing.
 The prefix forward is detected by a forward pre-hook (with kwargs) on the decoder module that
 owns the layers (``LlamaModel`` etc.; hooking the decoder rather than the causal-LM head also
 catches direct ``model.model(...)`` calls): its start position is ``cache_position[0]`` when
-given, else ``past_key_values.get_seq_length()``, else 0.
+given, else ``cache.get_seq_length()``, else 0.
 """
 
 from __future__ import annotations

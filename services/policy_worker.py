@@ -185,7 +185,7 @@ class StepEngine:
                 top_ids, top_logits = indices.tolist(), values.tolist()
             scores = None
             if request.choices is not None:
-                scores = score_choices(self.model, last, out.past_key_values, request.choices)
+                scores = score_choices(self.model, last, out.cache, request.choices)
         computed = time.perf_counter()
         new_state = self._live_state = tf.state_dict()
         done = time.perf_counter()

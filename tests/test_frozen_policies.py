@@ -164,7 +164,7 @@ def test_tiny_policy_steps_under_tempofit_and_its_memory_recovers_the_cue(
             assert out.logits.shape == (1, PREFIX_LEN + 1, len(TOKENS))
             assert tf.memory.num_frames(1) == step + 1
             if frame.choices is not None:
-                scores = score_choices(model, out.logits[0, -1], out.past_key_values, frame.choices)
+                scores = score_choices(model, out.logits[0, -1], out.cache, frame.choices)
                 assert len(scores) == 2 and all(np.isfinite(scores))
             else:
                 obs, _, _, _, info = env.step(0)

@@ -66,3 +66,51 @@ def test_console_script_lists_its_commands() -> None:
 def test_every_package_imports() -> None:
     for package in PACKAGES:
         __import__(package)
+
+
+def _lock() -> dict[str, str]:
+    """``requirements.lock`` as canonical name -> exact version."""
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_the_lock_satisfies_every_requirement_of_pyproject() -> None:
+    """Every dependency and extra in pyproject is pinned in the lock at an allowed version,
+    so `make setup` (which installs the lock with --no-deps) cannot miss or contradict one."""
+    import tomllib
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    pins = _lock()
+    environment = {**default_environment(), "extra": ""}
+    problems = []
+    for text in requirements:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        if requirement.marker is not None and not requirement.marker.evaluate(environment):
+            continue
+        if name == "torch":  # installed first from constraints.txt, never from the lock
+            assert "2.13.0" in requirement.specifier, text
+            continue
+        if name not in pins:
+            problems.append(f"{text}: not in the lock")
+        elif pins[name] not in requirement.specifier:
+            problems.append(f"{text}: the lock has {pins[name]}")
+    assert problems == [], "requirements.lock is stale, run `make lock`: " + "; ".join(problems)
+
+
+def test_the_lock_never_carries_torch() -> None:
+    assert "torch" not in _lock()  # a torch pin here could pull a CUDA build

@@ -169,9 +169,9 @@ def test_concat_keeps_history_out_of_the_kv_cache(llama: Model) -> None:
         run_steps(tempofit, llama, [frame(0)])
         with tempofit.step(prefix_len=PREFIX), torch.no_grad():
             out = llama(input_ids=frame(1), use_cache=True)
-            assert out.past_key_values.get_seq_length() == PREFIX + SUFFIX
-            follow_up = llama(input_ids=frame(2, length=1), past_key_values=out.past_key_values)
-        assert follow_up.past_key_values.get_seq_length() == PREFIX + SUFFIX + 1
+            assert out.cache.get_seq_length() == PREFIX + SUFFIX
+            follow_up = llama(input_ids=frame(2, length=1), cache=out.cache)
+        assert follow_up.cache.get_seq_length() == PREFIX + SUFFIX + 1
     finally:
         tempofit.remove()
 
@@ -212,13 +212,13 @@ def test_only_selected_layers_and_only_prefix_tokens_change(
     try:
         run_steps(tempofit, model, [frame(0), frame(1)])
         with tempofit.step(prefix_len=PREFIX), torch.no_grad():
-            cache = model(input_ids=frame(2), use_cache=True).past_key_values
+            cache = model(input_ids=frame(2), use_cache=True).cache
         for handle in handles:
             handle.remove()
         for layer, kwargs in enumerate(records):
             fresh: Any = DynamicCache(config=model.config)
             with torch.no_grad():  # outside a step: the plain attention
-                adapter.self_attention(model, layer)(**{**kwargs, "past_key_values": fresh})
+                adapter.self_attention(model, layer)(**{**kwargs, "cache": fresh})
             wrapped_keys, wrapped_values = cache.layers[layer].keys, cache.layers[layer].values
             plain_keys, plain_values = fresh.layers[layer].keys, fresh.layers[layer].values
             if layer not in selected:
