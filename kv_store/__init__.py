@@ -14,6 +14,7 @@ from kv_store.state import (
     save_state,
     split_state,
 )
+from kv_store.urls import redact_url, store_kind
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
@@ -31,6 +32,8 @@ __all__ = [
     "encode_state",
     "join_state",
     "load_state",
+    "redact_url",
     "save_state",
     "split_state",
+    "store_kind",
 ]

@@ -1,14 +1,20 @@
 """Start a private, throw-away `redis-server` on a free loopback port (tests, benchmarks, demos).
 
 Persistence is off (`--save "" --appendonly no`) and it runs in its own temporary directory, so
-it never touches another server's data.
+it never touches another server's data. On Linux the server gets SIGTERM when the thread that
+started it exits (`PR_SET_PDEATHSIG`), so it never outlives its owner, however the owner dies
+(a `kill -9` of `tempomem serve` included).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +23,12 @@ from types import TracebackType
 import redis
 
 INSTALL_HINT = "install it with `apt-get install -y redis-server` (Debian/Ubuntu)"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def find_redis_server() -> str | None:
@@ -32,18 +44,22 @@ def free_port() -> int:
 class LocalRedisServer:
     """A private redis-server process. `kill()` and `start()` again to simulate an outage."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, binary: str | None = None, port: int | None = None, password: str | None = None
+    ) -> None:
         found = binary or find_redis_server()
         if found is None:
             raise FileNotFoundError(f"redis-server not found on PATH; {INSTALL_HINT}")
         self.binary = found
         self.port = port or free_port()
+        self.password = password
         self._tmp = tempfile.TemporaryDirectory(prefix="tempomem-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @property
     def running(self) -> bool:
@@ -70,11 +86,15 @@ class LocalRedisServer:
                 str(log),
                 "--daemonize",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=0.2
+        )
         deadline = time.monotonic() + timeout_s
         try:
             while True:

@@ -22,6 +22,7 @@ from redis.retry import Retry
 from kv_store.base import BaseStore, Record, storage_name
 from kv_store.codec import decode_record, encode_checked, peek_header
 from kv_store.errors import CorruptRecord, StoreUnavailable
+from kv_store.urls import redact_url
 
 _UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -48,7 +49,8 @@ class RedisStore(BaseStore):
         **options: Any,
     ) -> None:
         super().__init__(namespace, **options)
-        self.url = url
+        self.url = url  # may hold a password: show `display_url`, never this
+        self.display_url = redact_url(url)
         self._options = options
         self._socket_timeout_s = socket_timeout_s
         self._client = client or redis.Redis.from_url(
@@ -59,6 +61,9 @@ class RedisStore(BaseStore):
             decode_responses=False,
         )
         self._prefix = f"tm:{self.namespace}:"
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.display_url!r}, namespace={self.namespace!r})"
 
     def with_namespace(self, namespace: str) -> RedisStore:
         return RedisStore(
@@ -199,9 +204,11 @@ class RedisStore(BaseStore):
         try:
             yield
         except _UNAVAILABLE as err:
-            raise StoreUnavailable(f"Redis at {self.url} is unavailable: {err}") from err
+            raise StoreUnavailable(f"Redis at {self.display_url} is unavailable: {err}") from err
         except redis.exceptions.BusyLoadingError as err:
-            raise StoreUnavailable(f"Redis at {self.url} is loading its dataset: {err}") from err
+            raise StoreUnavailable(
+                f"Redis at {self.display_url} is loading its dataset: {err}"
+            ) from err
 
     def _decode(self, key: str, value: bytes) -> Record:
         return decode_record(value, max_bytes=self.max_record_bytes, expect_key=key)

@@ -16,8 +16,14 @@ neighbours on either side (in event order) are added with `contiguity_decay * sc
 unless already present. Results come best score first. Only the last `max_search_events` events
 are searched (bounded work).
 
-Errors: a bad session id or message is a `ValueError`; a time earlier than the session's last
-event is a `ValueError` ("times going backwards"); `kv_store.StoreUnavailable` propagates
+Time. An event's time is the one given (its `t` or the message's `time`), else the clock's now.
+A given time earlier than the session's last event is a `ValueError` ("times going backwards"),
+and so is one more than `max_future_s` (default 5 minutes) ahead of the clock: one event at
+9999-12-31 would otherwise refuse every later event. An event recorded without a time while the
+clock reads earlier than the last event (ordinary clock skew, at most `max_future_s`) is stored
+at the last event's time instead of being refused. `reset()` empties the log.
+
+Errors: a bad session id or message is a `ValueError`; `kv_store.StoreUnavailable` propagates
 unchanged so that callers can degrade to memoryless operation.
 """
 
@@ -46,6 +52,7 @@ KINDS = ("message", "tool_call", "tool_result", "llm_start")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 DEFAULT_HALF_LIFE_S = 24 * 3600.0
 DEFAULT_MAX_SEARCH_EVENTS = 2000
+DEFAULT_MAX_FUTURE_S = 300.0
 MAX_TEXT_CHARS = 64_000
 
 _AUTO_EMBEDDER: list[Embedder | None] = []
@@ -104,6 +111,7 @@ class AgentEventLog:
         contiguity: int = 1,
         contiguity_decay: float = 0.5,
         max_search_events: int = DEFAULT_MAX_SEARCH_EVENTS,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
     ) -> None:
         self.store = store
         self.session_id = check_session_id(session_id)
@@ -120,6 +128,9 @@ class AgentEventLog:
             raise ValueError(f"contiguity_decay must be in [0, 1], got {contiguity_decay!r}")
         if max_search_events <= 0:
             raise ValueError(f"max_search_events must be > 0, got {max_search_events!r}")
+        if not (math.isfinite(max_future_s) and max_future_s >= 0):
+            raise ValueError(f"max_future_s must be a number >= 0, got {max_future_s!r}")
+        self.max_future_s = float(max_future_s)
         self.half_life_s = float(half_life_s)
         self.recency_weight = float(recency_weight)
         self.contiguity = contiguity
@@ -206,15 +217,31 @@ class AgentEventLog:
         """A marker that the model was called (not part of `messages()`)."""
         return self._append({"kind": "llm_start", "model": model}, t)
 
+    def reset(self) -> bool:
+        """Forget every event of this session (a new conversation); True if there were any."""
+        with self._lock:
+            self._last_t = None
+            return self.store.delete_stream(self.stream)
+
     def _append(self, record: dict[str, Any], t: float | str | datetime | None) -> str:
         with self._lock:
-            when = self.clock.now() if t is None else parse_timestamp(t)
+            now = self.clock.now()
             last = self._last_time()
-            if last is not None and when < last:
-                raise ValueError(
-                    f"session {self.session_id!r}: event time {iso(when)} is earlier than the "
-                    f"last event's ({iso(last)}): times may not go backwards"
-                )
+            if t is None:
+                when = now if last is None else max(now, last)  # clock skew: keep the order
+            else:
+                when = parse_timestamp(t)
+                if when > now + self.max_future_s:
+                    raise ValueError(
+                        f"session {self.session_id!r}: event time {iso(when)} is more than "
+                        f"{self.max_future_s:g} s ahead of this host's clock ({iso(now)})"
+                    )
+                if last is not None and when < last:
+                    raise ValueError(
+                        f"session {self.session_id!r}: event time {iso(when)} is earlier than "
+                        f"the last event's ({iso(last)}): times may not go backwards (reset() "
+                        "starts the log over)"
+                    )
             event_id = self.store.append_event(self.stream, {**record, "t": when})
             self._last_t = when
             return event_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,17 +14,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(
+from services.cli_help import plain_help_typer
+
+app = plain_help_typer(
     name="tempomem",
     help="Memory middleware with temporal awareness for frozen robot and agent policies.",
     no_args_is_help=True,
     add_completion=False,
 )
-store_app = typer.Typer(help="Inspect a state store.", no_args_is_help=True)
+store_app = plain_help_typer(help="Inspect a state store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
-eval_app = typer.Typer(help="Evaluate memory components on labelled data.", no_args_is_help=True)
+eval_app = plain_help_typer(
+    help="Evaluate memory components on labelled data.", no_args_is_help=True
+)
 app.add_typer(eval_app, name="eval")
-plot_app = typer.Typer(help="Plots a person would rather look at than read.", no_args_is_help=True)
+plot_app = plain_help_typer(
+    help="Plots a person would rather look at than read.", no_args_is_help=True
+)
 app.add_typer(plot_app, name="plot")
 console = Console()
 
@@ -59,14 +66,14 @@ def doctor() -> None:
 @store_app.command("ping")
 def store_ping(url: str = typer.Option("redis://127.0.0.1:6379/0", help="Redis URL.")) -> None:
     """Check that a Redis store answers."""
-    from kv_store import RedisStore, StoreUnavailable
+    from kv_store import RedisStore, StoreUnavailable, redact_url
 
     try:
         RedisStore(url).ping()
-    except StoreUnavailable as err:
-        console.print(f"[red]unavailable[/]: {err}")
+    except (StoreUnavailable, ValueError) as err:
+        console.print(f"[red]unavailable[/]: {escape(str(err))}")
         raise typer.Exit(1) from err
-    console.print(f"[green]ok[/]: {url}")
+    console.print(f"[green]ok[/]: {redact_url(url)}")
 
 
 @eval_app.command("toolcalls")
@@ -260,6 +267,9 @@ def serve(
             "each session actor runs its own copy of the model (one hop, no state transfer)."
         ),
     ] = "shared",
+    max_sessions_per_tenant: Annotated[
+        int, typer.Option(help="Most live robot sessions per tenant; more answer HTTP 429.")
+    ] = 64,
 ) -> None:
     """Serve the HTTP API: a local Ray + Ray Serve with the policy and session actors."""
     from services.deployment import ServeSettings
@@ -277,6 +287,7 @@ def serve(
             http=HttpSettings(tokens=tokens),
             max_batch_size=max_batch_size,
             policy_replicas=replicas,
+            max_sessions_per_tenant=max_sessions_per_tenant,
             store=StoreSpec(url="local" if store == "embedded" else store),
         )
     except ValueError as err:
@@ -286,13 +297,32 @@ def serve(
 
 
 def parse_tokens(values: list[str]) -> dict[str, str]:
-    """``TOKEN`` or ``NAMESPACE:TOKEN`` options as a token -> namespace map."""
+    """``TOKEN`` or ``NAMESPACE:TOKEN`` options as a token -> namespace map.
+
+    The token is everything after the first ``:``; the checks of ``HttpSettings`` (length,
+    characters) apply to it. Errors name the option by position, never by its value, which is
+    a secret (or holds one).
+    """
+    from services.http_app import check_token
+    from services.schemas import NAME_PATTERN
+
     tokens: dict[str, str] = {}
-    for value in values:
-        namespace, sep, secret = value.rpartition(":")
-        namespace = namespace if sep else "default"
-        if not secret:
-            raise ValueError(f"--token {value!r}: empty token")
+    for number, value in enumerate(values, start=1):
+        where = f"--token #{number}"
+        namespace, sep, secret = value.partition(":")
+        if not sep:
+            namespace, secret = "default", value
+        if not re.fullmatch(NAME_PATTERN, namespace):
+            raise ValueError(
+                f"{where}: the namespace before ':' must match {NAME_PATTERN} "
+                "(the value is not shown: it may be a secret)"
+            )
+        check_token(secret, where)
+        if secret in tokens:
+            raise ValueError(
+                f"{where}: the same token is given twice (here and for namespace "
+                f"{tokens[secret]!r}); each tenant needs a token of its own"
+            )
         tokens[secret] = namespace
     return tokens
 
@@ -306,6 +336,7 @@ def run_server(
     import ray
     from ray import serve as ray_serve
 
+    from kv_store import redact_url
     from kv_store.redis_server import LocalRedisServer, find_redis_server
     from services.deployment import build_app
     from services.session import StoreSpec
@@ -337,10 +368,10 @@ def run_server(
         signal.signal(signal.SIGINT, stop)
         ray_serve.start(http_options={"host": host, "port": port})
         ray_serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
+        auth = "on" if settings.http.tokens else "off"
         console.print(
             f"tempomem serving [bold]{settings.worker.model}[/] at http://{host}:{port} "
-            f"(store {settings.store.url}, auth {'on' if settings.http.tokens else 'off'}); "
-            "Ctrl-C stops"
+            f"(store {redact_url(settings.store.url)}, auth {auth}); Ctrl-C stops"
         )
         while True:
             time.sleep(1)
@@ -364,16 +395,21 @@ def status(
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = url.rstrip("/")
     try:
-        health = httpx.get(url.rstrip("/") + "/healthz", timeout=10).json()
-        metrics = httpx.get(url.rstrip("/") + "/metrics", headers=headers, timeout=10)
+        health = httpx.get(base + "/healthz", timeout=10).json()
+        info = httpx.get(base + "/v1/info", headers=headers, timeout=10)
+        metrics = httpx.get(base + "/metrics", headers=headers, timeout=10)
     except (httpx.HTTPError, ValueError) as err:
         console.print(f"[red]unreachable[/]: {url}: {escape(str(err))}")
         raise typer.Exit(1) from err
     table = Table("field", "value", title=f"tempomem at {url}")
-    for key in ("status", "model", "store", "sessions", "uptime_s"):
-        value = health.get(key)
-        table.add_row(key, f"{value:.0f}" if isinstance(value, float) else str(value))
+    table.add_row("status", str(health.get("status")))
+    if info.status_code == 200:
+        for key, value in info.json().items():
+            table.add_row(key, f"{value:.0f}" if isinstance(value, float) else str(value))
+    else:
+        table.add_row("info", f"[yellow]HTTP {info.status_code}[/] (--token?)")
     if metrics.status_code == 200:
         for name, value in summarize_metrics(metrics.text).items():
             table.add_row(name, value)
@@ -405,9 +441,15 @@ def summarize_metrics(text: str) -> dict[str, str]:
         out["step latency mean"] = (
             f"{values['tempomem_step_latency_seconds_sum'] / count * 1e3:.1f} ms"
         )
+        finite = [b for b, _ in sorted(buckets) if b != float("inf")]
         for q in (0.5, 0.99):
             upper = next((b for b, c in sorted(buckets) if c >= q * count), float("inf"))
-            out[f"step latency p{int(q * 100)}"] = f"<= {upper * 1e3:g} ms"
+            bound = (
+                f"<= {upper * 1e3:g} ms"
+                if upper != float("inf")
+                else (f"> {finite[-1] * 1e3:g} ms" if finite else "unknown")
+            )
+            out[f"step latency p{int(q * 100)}"] = bound
     return out
 
 
@@ -448,8 +490,11 @@ def plot_events_command(
     chunk_size: Annotated[int, typer.Option(help="Prefill chunk (tokens).")] = 128,
     new_tokens: Annotated[int, typer.Option(help="Tokens to generate after the prompt.")] = 8,
 ) -> None:
-    """Episodic memory on a pass-key prompt: the surprise curve, event boundaries before and
-    after refinement, and which events were retrieved for the last query."""
+    """Plot episodic memory on a pass-key prompt.
+
+    Draws the surprise curve, the event boundaries before and after refinement, and which
+    events were retrieved for the last query.
+    """
     import torch
 
     from memory import EpisodicConfig

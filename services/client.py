@@ -34,7 +34,10 @@ from services.schemas import (
     ResetResponse,
     SessionId,
     SessionKind,
+    SessionLimitReached,
+    SessionNotFound,
     SessionSummary,
+    StepConflict,
     StepRequest,
     StepResponse,
 )
@@ -58,8 +61,18 @@ class AsyncTransport(Protocol):
     ) -> Any: ...
 
 
+#: Methods that only read a session: they never create one (an unknown session is a
+#: ``SessionNotFound``), so a read cannot cost a new actor.
+READ_METHODS = frozenset({"elapsed", "summary", "metrics", "flush"})
+
+
 class RayTransport:
-    """Session actors through Ray handles (created on first use, then cached).
+    """Session actors through Ray handles (created by ``step``/``reset``, then cached).
+
+    Reads (``READ_METHODS``) and ``delete`` of a session that has no actor raise
+    ``SessionNotFound``; creating one more session than ``max_sessions_per_namespace`` for a
+    tenant raises ``SessionLimitReached``. ``delete`` removes the session's store record and
+    its actor.
 
     Args:
         store, worker, config, worker_factory, detached: how a session actor is created when it
@@ -68,6 +81,7 @@ class RayTransport:
             this process joined with ``ray.init(namespace=...)``).
         timeout_s: longest wait for one call.
         serve_worker: sessions step through this Serve deployment (see ``ServeWorker``).
+        max_sessions_per_namespace: most live sessions per tenant (None: no cap).
     """
 
     def __init__(
@@ -81,6 +95,7 @@ class RayTransport:
         detached: bool = False,
         timeout_s: float = 120.0,
         serve_worker: ServeWorker | None = None,
+        max_sessions_per_namespace: int | None = None,
     ) -> None:
         import ray
 
@@ -92,15 +107,45 @@ class RayTransport:
         self.detached = detached
         self.timeout_s = timeout_s
         self.serve_worker = serve_worker
+        self.max_sessions_per_namespace = max_sessions_per_namespace
         self._handles: dict[str, Any] = {}
 
-    def handle(self, session: SessionId) -> Any:
-        """The session's actor handle (get-or-create)."""
+    def _existing(self, session: SessionId) -> Any | None:
+        import ray
+
+        try:
+            return ray.get_actor(session.actor_name, namespace=self.ray_namespace)
+        except ValueError:
+            return None
+
+    def _check_cap(self, session: SessionId) -> None:
+        import ray.util
+
+        cap = self.max_sessions_per_namespace
+        if cap is None:
+            return
+        prefix = session.actor_name.rsplit("/", 1)[0] + "/"
+        live = sum(
+            1
+            for actor in ray.util.list_named_actors(all_namespaces=True)
+            if actor["namespace"] == self.ray_namespace and actor["name"].startswith(prefix)
+        )
+        if live >= cap:
+            raise SessionLimitReached(
+                f"namespace {session.namespace!r} has {live} live {session.kind} sessions, its "
+                f"cap is {cap}: delete one (DELETE /v1/sessions/{{id}}) before starting another"
+            )
+
+    def handle(self, session: SessionId, create: bool = True) -> Any:
+        """The session's actor handle: get, or create unless ``create`` is False."""
         name = session.actor_name
-        found = self._handles.get(name)
+        found = self._handles.get(name) or self._existing(session)
+        if found is None and not create:
+            raise SessionNotFound(f"session {session} does not exist")
         if found is None:
             from services.session import session_handle
 
+            self._check_cap(session)
             found = session_handle(
                 session,
                 ray_namespace=self.ray_namespace,
@@ -115,14 +160,28 @@ class RayTransport:
         return found
 
     def submit(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        """The ObjectRef of one call."""
-        remote_method = getattr(self.handle(session), method)
+        """The ObjectRef of one call (``delete`` answers at once: see ``delete``)."""
+        handle = self.handle(session, create=method not in READ_METHODS | {"delete"})
+        remote_method = getattr(handle, "forget" if method == "delete" else method)
         return remote_method.remote() if payload is None else remote_method.remote(payload)
 
     def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
         import ray
 
-        return ray.get(self.submit(session, method, payload), timeout=self.timeout_s)
+        result = ray.get(self.submit(session, method, payload), timeout=self.timeout_s)
+        if method == "delete":
+            self.drop(session, kill=True)
+        return result
+
+    def drop(self, session: SessionId, kill: bool = False) -> None:
+        """Forget the cached handle (and, with ``kill``, end the actor without a restart)."""
+        import ray
+
+        handle = self._handles.pop(session.actor_name, None) or (
+            self._existing(session) if kill else None
+        )
+        if kill and handle is not None:
+            ray.kill(handle, no_restart=True)
 
 
 class AsyncRayTransport:
@@ -132,7 +191,10 @@ class AsyncRayTransport:
         self.sync = sync
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        return await self.sync.submit(session, method, payload)
+        result = await self.sync.submit(session, method, payload)
+        if method == "delete":
+            self.sync.drop(session, kill=True)
+        return result
 
 
 #: method -> (HTTP verb, path suffix) of the session routes of ``services.http_app``.
@@ -143,6 +205,7 @@ _HTTP_ROUTES: dict[str, tuple[str, str]] = {
     "summary": ("GET", "summary"),
     "metrics": ("GET", "metrics"),
     "flush": ("POST", "flush"),
+    "delete": ("DELETE", ""),
 }
 
 
@@ -162,7 +225,11 @@ def _http_result(status: int, body: Any) -> Any:
     if status in (401, 403):
         raise PermissionError(f"HTTP {status}: {detail}")
     if status == 404:
-        raise LookupError(f"HTTP {status}: {detail}")
+        raise SessionNotFound(f"HTTP {status}: {detail}")
+    if status == 429:
+        raise SessionLimitReached(f"HTTP {status}: {detail}")
+    if status == 409:
+        raise StepConflict(f"HTTP {status}: {detail}")
     if status in (400, 413, 422):
         raise ValueError(f"HTTP {status}: {detail}")
     raise TempomemHTTPError(status, detail)
@@ -174,7 +241,7 @@ def _http_request(session: SessionId, method: str) -> tuple[str, str]:
     if session.kind != "robot":
         raise ValueError(f"HTTP session routes serve robot sessions, not {session.kind!r}")
     verb, suffix = _HTTP_ROUTES[method]
-    return verb, f"/v1/sessions/{session.id}/{suffix}"
+    return verb, f"/v1/sessions/{session.id}" + (f"/{suffix}" if suffix else "")
 
 
 def _body(response: Any) -> Any:
@@ -302,7 +369,7 @@ class TempomemClient(_ClientBase):
     """Synchronous client of one tenant's sessions.
 
     Args:
-        namespace: the tenant; [A-Za-z0-9_.-]{1,64}.
+        namespace: the tenant; [A-Za-z0-9_.-]{1,64} starting with a letter or digit.
         kind: kind of the sessions addressed by plain string ids ("robot" or "agent").
         store: ``StoreSpec`` or its URL ("local" or "redis://..."): where sessions persist.
         worker: ``WorkerSpec`` of the shared policy worker (default: tiny-llama).
@@ -380,6 +447,11 @@ class TempomemClient(_ClientBase):
         """Wait until every answered step of the session is committed to the store."""
         return bool(self.transport.call(self.session_id(session_id), "flush", None))
 
+    def delete(self, session_id: str | SessionId) -> bool:
+        """End the session: its memory, its store record and its actor (``SessionNotFound``
+        if it does not exist). True if a store record was deleted."""
+        return bool(self.transport.call(self.session_id(session_id), "delete", None))
+
 
 class AsyncTempomemClient(_ClientBase):
     """``TempomemClient`` for asyncio code: the same methods, awaited. Same arguments."""
@@ -449,3 +521,6 @@ class AsyncTempomemClient(_ClientBase):
 
     async def flush(self, session_id: str | SessionId) -> bool:
         return bool(await self.transport.call(self.session_id(session_id), "flush", None))
+
+    async def delete(self, session_id: str | SessionId) -> bool:
+        return bool(await self.transport.call(self.session_id(session_id), "delete", None))

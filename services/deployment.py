@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from kv_store import store_kind
 from services.http_app import (
     AdviseRequest,
     AgentEventRequest,
@@ -52,7 +53,8 @@ MAX_OPEN_AGENT_LOGS = 1024
 class ServeSettings(BaseModel):
     """Everything ``build_app`` needs; plain data, so it crosses to the replicas as JSON."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Its store URL and tokens are secrets: a validation error never echoes the input.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     app_name: str = Field(default=DEFAULT_APP, pattern=NAME_PATTERN)
     ray_namespace: str = Field(
@@ -70,6 +72,12 @@ class ServeSettings(BaseModel):
         description="Longest wait for a batch to fill (adds to a lone step).",
     )
     policy_replicas: int = Field(default=1, ge=1, le=64)
+    max_sessions_per_tenant: int | None = Field(
+        default=64,
+        ge=1,
+        description="Most live robot sessions per tenant (a new one beyond it: HTTP 429). Each "
+        "session is an actor process (~330 MB): size it to the machine. None: no cap.",
+    )
     request_timeout_s: float = Field(default=120.0, gt=0)
     access_log: bool = Field(
         default=False, description="Serve's per-request access log lines (costly at high rates)."
@@ -124,12 +132,13 @@ class RayBackend:
                 ray_namespace=settings.ray_namespace,
                 detached=True,
                 timeout_s=settings.request_timeout_s,
+                max_sessions_per_namespace=settings.max_sessions_per_tenant,
                 serve_worker=None
                 if settings.worker.placement == "session"
                 else ServeWorker(app=settings.app_name, deployment=POLICY_DEPLOYMENT),
             )
         )
-        self._sessions: set[str] = set()
+        self._sessions: set[SessionId] = set()
         self._logs: OrderedDict[str, Any] = OrderedDict()
         self._stores: dict[str, Any] = {}
         self._root_store: Any = None
@@ -140,12 +149,13 @@ class RayBackend:
         import ray
 
         if len(self._sessions) < 100_000:
-            self._sessions.add(str(session))
+            self._sessions.add(session)
         try:
             return await asyncio.wait_for(
                 self.transport.call(session, method, payload), self.settings.request_timeout_s
             )
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            self.transport.sync.drop(session)  # e.g. deleted through another replica
             raise ConnectionError(str(err)) from err
 
     def _log(self, session: SessionId) -> Any:
@@ -194,6 +204,10 @@ class RayBackend:
 
         return str(await run_sync(record))
 
+    async def agent_reset(self, session: SessionId) -> bool:
+        log = self._log(session)
+        return bool(await run_sync(log.reset))
+
     async def advise(self, session: SessionId, request: AdviseRequest) -> dict[str, Any]:
         from memory.temporal import ToolCallAdvisor
 
@@ -213,11 +227,11 @@ class RayBackend:
         result: dict[str, Any] = await run_sync(decide)
         return result
 
-    def health(self) -> dict[str, Any]:
+    def info(self, namespace: str) -> dict[str, Any]:
         return {
             "model": self.settings.worker.model,
-            "store": self.settings.store.url.split("@")[-1],
-            "sessions": len(self._sessions),
+            "store": store_kind(self.settings.store.url),
+            "sessions": sum(1 for s in self._sessions if s.namespace == namespace),
         }
 
 

@@ -1,13 +1,17 @@
 """The HTTP API: a FastAPI app (pydantic schemas, OpenAPI at ``/openapi.json``) over a backend.
 
-Routes (all JSON; ``{id}`` is a session id, ``[A-Za-z0-9_.-]{1,64}``):
+Routes (all JSON; ``{id}`` is a session id: ``[A-Za-z0-9_.-]{1,64}``, a letter or digit first):
 
 - ``POST /v1/sessions/{id}/reset``, ``POST /v1/sessions/{id}/step``,
   ``GET /v1/sessions/{id}/elapsed``, ``GET /v1/sessions/{id}/summary``,
-  ``GET /v1/sessions/{id}/metrics``, ``POST /v1/sessions/{id}/flush``: robot sessions.
-- ``POST /v1/agents/{id}/events`` (record a message, tool call, tool result or LLM start) and
-  ``POST /v1/agents/{id}/advise`` (``ToolCallAdvisor.decide`` on the session's log).
-- ``GET /healthz`` (no auth; no tenant data), ``GET /metrics`` (Prometheus text).
+  ``GET /v1/sessions/{id}/metrics``, ``POST /v1/sessions/{id}/flush``,
+  ``DELETE /v1/sessions/{id}``: robot sessions. Only step and reset create a session (up to
+  the tenant's cap, else 429); the others answer 404 for an unknown session.
+- ``POST /v1/agents/{id}/events`` (record a message, tool call, tool result or LLM start),
+  ``POST /v1/agents/{id}/advise`` (``ToolCallAdvisor.decide`` on the session's log) and
+  ``POST /v1/agents/{id}/reset`` (forget the session's events).
+- ``GET /healthz`` (no auth: ``{"status": "ok"}`` and nothing else), ``GET /v1/info`` (the
+  model, the store's kind and the tenant's own session count), ``GET /metrics`` (Prometheus).
 
 Tenancy. Every session belongs to a namespace (tenant). With tokens configured
 (``HttpSettings.tokens``: bearer token -> namespace) the namespace is the token's: a request
@@ -16,14 +20,17 @@ header naming another namespace gets 403. So tenant A's token can never reach te
 sessions, whose actors and store keys are B's own (``SessionId.namespace``). Without tokens
 (development, loopback only) the namespace is the ``X-Tempomem-Namespace`` header, default
 ``"default"``: isolation by declaration, not a security boundary. ``/metrics`` needs a valid
-token when tokens are set (it aggregates all tenants' counts); ``/healthz`` never does.
+token when tokens are set (it aggregates all tenants' counts); ``/healthz`` never does, and so
+tells nothing but that the service is up. No response carries a store URL or a credential.
 
 Limits and errors. Bodies over ``max_body_bytes`` (default 1 MiB; a step is at most ~0.3 MB of
 JSON) get 413 before they are parsed. Malformed requests get 422 whose ``detail`` names the
-field (FastAPI's ``loc``; a token id beyond the model's vocabulary names ``input_ids[i]``). A
+field (FastAPI's ``loc``; a token id beyond the model's vocabulary names ``input_ids[i]``), also
+for inputs JSON cannot carry back (NaN, Infinity, numbers beyond a float). A
 store outage never fails a step: it comes back ``degraded: true`` (memoryless) and counts in
 ``tempomem_degraded_steps_total``; agent endpoints, which are nothing but the store, answer 503.
-A session or policy that cannot be reached in time answers 503.
+A session or policy that cannot be reached in time answers 503. A step id that conflicts with
+what the session answered (a retry with another body, an id not above the last) answers 409.
 
 The backend (``Backend``) does the work; ``services.deployment`` provides the Ray one (session
 actors + the batched policy deployment) and mounts this app as the Serve ingress.
@@ -32,14 +39,16 @@ actors + the batched policy deployment) and mounts this app as the Serve ingress
 import asyncio
 import hmac
 import math
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from services.schemas import (
     AGENT_ID_PATTERN,
@@ -49,7 +58,10 @@ from services.schemas import (
     ResetRequest,
     ResetResponse,
     SessionId,
+    SessionLimitReached,
+    SessionNotFound,
     SessionSummary,
+    StepConflict,
     StepRequest,
     StepResponse,
 )
@@ -67,16 +79,43 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+MIN_TOKEN_CHARS = 16
+MAX_TOKEN_CHARS = 512
+_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")
+
+
+def check_token(token: str, where: str = "token") -> str:
+    """A bearer token is 16..512 URL-safe characters (RFC 6750's token68 alphabet, no ':').
+    The error never shows the token."""
+    if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS:
+        raise ValueError(
+            f"{where}: a token needs {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} characters, "
+            f"this one has {len(token)}"
+        )
+    if not _TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(f"{where}: a token may hold only letters, digits and ._~+/=-")
+    return token
+
+
 class HttpSettings(BaseModel):
     """Authentication and limits of the HTTP app."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Tokens are secrets: never in a repr or in a validation error's echo of the input.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     tokens: dict[str, Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
         default_factory=dict,
+        repr=False,
         description="Bearer token -> namespace. Empty: no auth; namespace from the header.",
     )
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=64 << 20)
+
+    @field_validator("tokens")
+    @classmethod
+    def _strong_tokens(cls, tokens: dict[str, str]) -> dict[str, str]:
+        for number, token in enumerate(tokens, start=1):
+            check_token(token, f"token #{number}")
+        return tokens
 
 
 # ------------------------------------------------------------------------------ agent schemas
@@ -131,9 +170,14 @@ class AdviseResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class Info(BaseModel):
+    """What a tenant may know of the service."""
+
     model: str
-    store: str
-    sessions: int = Field(description="Sessions this replica has addressed since it started.")
+    store: str = Field(description="The store's kind: 'redis', 'rediss' or 'local'.")
+    sessions: int = Field(description="This tenant's sessions this replica has addressed.")
     uptime_s: float
 
 
@@ -150,9 +194,15 @@ class Backend(Protocol):
 
     async def agent_event(self, session: SessionId, event: AgentEventRequest) -> str: ...
 
+    async def agent_reset(self, session: SessionId) -> bool:
+        """Forget every event of the agent session; True if there were any."""
+        ...
+
     async def advise(self, session: SessionId, request: AdviseRequest) -> dict[str, Any]: ...
 
-    def health(self) -> dict[str, Any]: ...
+    def info(self, namespace: str) -> dict[str, Any]:
+        """``model``, ``store`` (its kind, never its URL) and ``sessions`` of ``namespace``."""
+        ...
 
 
 class ServiceUnavailable(Exception):
@@ -312,7 +362,11 @@ async def _too_large(send: Send, detail: str) -> None:
 # ------------------------------------------------------------------------------ the app
 
 SessionPath = Annotated[
-    str, Path(pattern=NAME_PATTERN, description="Session id; [A-Za-z0-9_.-]{1,64}.")
+    str,
+    Path(
+        pattern=NAME_PATTERN,
+        description="Session id; [A-Za-z0-9_.-]{1,64}, starting with a letter or digit.",
+    ),
 ]
 AgentPath = Annotated[
     str,
@@ -391,6 +445,12 @@ def create_app(
             return await backend().call(session, method, payload)
         except (TimeoutError, ConnectionError, ServiceUnavailable) as err:
             raise HTTPException(503, f"session {session} unavailable: {_error_text(err)}") from err
+        except StepConflict as err:
+            raise HTTPException(409, _error_text(err)) from err
+        except SessionNotFound as err:
+            raise HTTPException(404, _error_text(err)) from err
+        except SessionLimitReached as err:
+            raise HTTPException(429, _error_text(err)) from err
         except ValueError as err:
             raise HTTPException(422, _error_text(err)) from err
 
@@ -434,6 +494,11 @@ def create_app(
         """The session actor's counters (steps, degraded_steps, writes...)."""
         return await call(robot(namespace, session_id), "metrics", None)
 
+    @app.delete("/v1/sessions/{session_id}", response_model=bool, tags=["robot"])
+    async def delete(session_id: SessionPath, namespace: Namespace) -> Any:
+        """End a session: its memory, store record and actor (404 if it does not exist)."""
+        return await call(robot(namespace, session_id), "delete", None)
+
     @app.post("/v1/sessions/{session_id}/flush", response_model=bool, tags=["robot"])
     async def flush(session_id: SessionPath, namespace: Namespace) -> Any:
         """Wait until every answered step is committed to the store."""
@@ -460,6 +525,12 @@ def create_app(
         event_id = await agent_call(lambda: backend().agent_event(session, body))
         return AgentEventResponse(session_id=str(session), id=event_id)
 
+    @app.post("/v1/agents/{session_id}/reset", response_model=bool, tags=["agent"])
+    async def agent_reset(session_id: AgentPath, namespace: Namespace) -> Any:
+        """Forget every event of an agent session (true if there were any)."""
+        session = agent(namespace, session_id)
+        return await agent_call(lambda: backend().agent_reset(session))
+
     @app.post("/v1/agents/{session_id}/advise", response_model=AdviseResponse, tags=["agent"])
     async def advise(session_id: AgentPath, body: AdviseRequest, namespace: Namespace) -> Any:
         """Should the agent call a tool for the last user message, or answer directly?"""
@@ -469,9 +540,13 @@ def create_app(
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     async def healthz() -> Any:
-        """Liveness; no authentication and no tenant data."""
-        info = backend().health()
-        return Health(status="ok", uptime_s=time.time() - state["started"], **info)
+        """Liveness; no authentication, so nothing but the status."""
+        return Health(status="ok")
+
+    @app.get("/v1/info", response_model=Info, tags=["ops"])
+    async def info(namespace: Namespace) -> Any:
+        """The model, the store's kind and this tenant's session count."""
+        return Info(uptime_s=time.time() - state["started"], **backend().info(namespace))
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["ops"])
     async def prometheus(request: Request) -> PlainTextResponse:
@@ -482,9 +557,27 @@ def create_app(
             metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def unprocessable(request: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": json_safe(err.errors())}, status_code=422)
+
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.state.metrics = metrics
     return app
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with what JSON cannot hold made printable: non-finite floats become the
+    strings ``"NaN"`` / ``"Infinity"`` / ``"-Infinity"``, other objects their ``str()``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 def decision_dict(decision: Any) -> dict[str, Any]:

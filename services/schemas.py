@@ -25,8 +25,9 @@ from pydantic import (
 
 SessionKind = Literal["robot", "agent"]
 
-#: Names of tenants (namespaces) and sessions: the store's namespace rule.
-NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+#: Names of tenants (namespaces) and sessions: the store's namespace rule, starting with a letter
+#: or digit (so no "." or ".." that a path or a key prefix could misread).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 #: Agent session ids over HTTP: a session id (``NAME_PATTERN``) that ``AgentEventLog`` also
 #: takes (it wants a letter or digit first), so a bad id fails once, at the route.
 AGENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -43,6 +44,24 @@ MAX_TOP_K = 64
 MAX_TOKEN_ID = 2**31 - 1
 
 TokenId = Annotated[StrictInt, Field(ge=0, le=MAX_TOKEN_ID)]
+#: Largest step id: every id a JSON number holds exactly (a double's 53-bit integer range).
+MAX_STEP_ID = 2**53
+#: Largest frame time ``t``: 10^12 of the gap unit (seconds: ~31,700 years; steps: at 1 kHz,
+#: ~31 years). Bounded so that one absurd time cannot be stored and refuse every later frame.
+MAX_FRAME_TIME = 1e12
+
+
+class SessionNotFound(LookupError):
+    """A read or delete of a session that does not exist (HTTP 404); nothing is created."""
+
+
+class SessionLimitReached(RuntimeError):
+    """A new session would take a tenant over its cap (HTTP 429)."""
+
+
+class StepConflict(ValueError):
+    """A step id that conflicts with what the session already answered (HTTP 409): a retry
+    with a different body, or an id that is not above the last one and cannot be replayed."""
 
 
 class _Strict(BaseModel):
@@ -57,8 +76,14 @@ class SessionId(_Strict):
     """
 
     kind: SessionKind = Field(description="'robot' (TempoFit control loop) or 'agent'.")
-    namespace: str = Field(pattern=NAME_PATTERN, description="Tenant; [A-Za-z0-9_.-]{1,64}.")
-    id: str = Field(pattern=NAME_PATTERN, description="Session id; [A-Za-z0-9_.-]{1,64}.")
+    namespace: str = Field(
+        pattern=NAME_PATTERN,
+        description="Tenant; [A-Za-z0-9_.-]{1,64} starting with a letter or digit.",
+    )
+    id: str = Field(
+        pattern=NAME_PATTERN,
+        description="Session id; [A-Za-z0-9_.-]{1,64} starting with a letter or digit.",
+    )
 
     @property
     def actor_name(self) -> str:
@@ -82,14 +107,21 @@ class StepRequest(_Strict):
     and makes them idempotent: a step id at or below the last one answered is not applied again.
     """
 
-    step_id: StrictInt = Field(ge=0, description="Monotonic per episode; a retry reuses it.")
+    step_id: StrictInt = Field(
+        ge=0,
+        le=MAX_STEP_ID,
+        description="Strictly increasing per episode (0..2**53); a retry resends the same id "
+        "and the same body.",
+    )
     input_ids: list[TokenId] = Field(min_length=1, max_length=MAX_INPUT_TOKENS)
     prefix_len: StrictInt = Field(ge=1, description="Prefix tokens, 1..len(input_ids).")
     t: float | None = Field(
         default=None,
         allow_inf_nan=False,
         ge=0.0,
-        description="Frame time in the worker config's gap unit; None = the step counter.",
+        le=MAX_FRAME_TIME,
+        description="Frame time in the worker config's gap unit, 0..1e12, not decreasing within "
+        "an episode; None = the step counter.",
     )
     choices: (
         list[Annotated[list[TokenId], Field(min_length=1, max_length=MAX_CHOICE_TOKENS)]] | None
@@ -197,4 +229,4 @@ class SessionSummary(_Strict):
     degraded: bool
     pending_writes: int = Field(description="Steps answered but not yet written to the store.")
     restored: bool = Field(description="True if __init__ found this session in the store.")
-    store: str
+    store: str = Field(description="The store's kind ('redis', 'rediss', 'local'), never its URL.")

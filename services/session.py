@@ -5,10 +5,14 @@ deployment's Ray namespace, created with ``get_if_exists=True`` (every client re
 actor) and ``max_restarts=-1``. A restart re-runs ``__init__``, which restores the session from
 the store: key ``session/{kind}/{id}`` in a store whose namespace is the tenant namespace.
 
-Steps. ``step(request)`` with a ``step_id`` at or below the last one answered returns the stored
-response with ``replayed=True`` and changes nothing (a retried step is never applied twice);
-otherwise the policy runs it on the session's memory and the actor adopts the new memory.
-Step ids restart from 0 after ``reset()`` (a new episode). Where the policy runs is the
+Steps. Step ids strictly increase within an episode. ``step(request)`` with a ``step_id`` that
+was answered and is still in the replay window returns the stored response with
+``replayed=True`` and changes nothing (a retried step is never applied twice) — if its body is
+the same; a retry with another body is a ``StepConflict`` (HTTP 409), and so is an id at or
+below the last one that was never answered or has left the window. Otherwise the policy runs it
+on the session's memory and the actor adopts the new memory. Frame times ``t`` must not go
+backwards within an episode (a ``ValueError`` that says how to reset). Step ids and times
+restart after ``reset()`` (a new episode). Where the policy runs is the
 ``WorkerSpec.placement`` (see ``services.policy_backends``): ``"shared"`` sends the packed memory
 to one ``PolicyWorker`` actor (or Serve deployment) that all sessions share, a second actor hop
 per step; ``"session"`` runs an engine in this actor's process (one hop, no state transfer, one
@@ -28,9 +32,12 @@ Degradation. When the store is unavailable (a write or the restore fails with
 ``StoreUnavailable``), steps go on *memoryless*: the worker runs them on an empty memory
 (present-only), their frames are not remembered, the session's memory stays as last computed
 while healthy, and responses carry ``degraded=True``; ``metrics()["degraded_steps"]`` counts
-them. No exception reaches the controller because memory is down. A degraded session re-checks
-the store at most every ``probe_interval_s``; when it answers, the actor first restores from it
-if ``__init__`` could not, writes its pending snapshot, and steps use memory again.
+them. No exception reaches the controller because memory is down, and no step waits on a sick
+store: the writer (``services.write_behind``) probes it in the background every
+``probe_interval_s``, and a step waits for a write at most ``store_budget_s`` (default 50 ms).
+A store that answers but falls behind the lag bound also makes steps run memoryless
+(``store_slow_steps``) until the writer catches up. When a probe is answered, the next step
+restores from the store if ``__init__`` could not, resumes writing, and steps use memory again.
 
 Store backends (``StoreSpec.url``): a ``redis://`` URL for anything that must survive an actor
 restart. ``"local"`` is an in-process ``LocalStore``: it lives and dies with the actor's worker
@@ -40,21 +47,20 @@ it for single-process development only.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import ray
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable
+from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable, store_kind
 from kv_store.base import BaseStore
-from kv_store.state import join_state, split_state
+from kv_store.state import join_state
 from services.policy_backends import PolicyBackend, policy_backend
 from services.policy_worker import ModelFactory, StepOutput, WorkerSpec
 from services.schemas import (
@@ -63,24 +69,26 @@ from services.schemas import (
     ResetResponse,
     SessionId,
     SessionSummary,
+    StepConflict,
     StepRequest,
     StepResponse,
     Timing,
 )
+from services.write_behind import MEMORY_PREFIX, Snapshot, WriteBehind, WriterStatus
 
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = "tempomem.session/1"
-_MEMORY_PREFIX = "mem/"
 
 
 class StoreSpec(BaseModel):
     """Where session records live: ``"local"`` (per process; see the module docstring) or a
     ``redis://`` URL. The namespace is not part of the spec: it is always the tenant's."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The URL may hold a password: never in a repr or in a validation error's echo of the input.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    url: str = Field(default="local", pattern=r"^(local|rediss?://\S+)$")
+    url: str = Field(default="local", pattern=r"^(local|rediss?://\S+)$", repr=False)
     socket_timeout_s: float = Field(
         default=0.5,
         gt=0,
@@ -113,7 +121,18 @@ class SessionConfig(BaseModel):
         default=16, ge=1, le=1024, description="Recent responses kept for replayed step ids."
     )
     probe_interval_s: float = Field(
-        default=0.5, ge=0, le=600, description="How often a degraded session re-checks the store."
+        default=0.5,
+        gt=0,
+        le=600,
+        description="How often the writer re-checks an unavailable store (in the background).",
+    )
+    store_budget_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=60,
+        description="Longest a step or reset waits on the store (a write over the lag bound); "
+        "past it the answer says committed=false and, while the writer is behind, steps run "
+        "memoryless. Raise it for states that take longer to write (large models).",
     )
     worker_timeout_s: float = Field(
         default=120.0, gt=0, description="Longest wait for the policy worker per step."
@@ -128,107 +147,6 @@ class ServeWorker(BaseModel):
 
     app: str = Field(min_length=1, max_length=128, description="Serve application name.")
     deployment: str = Field(default="PolicyDeployment", min_length=1, max_length=128)
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    """Everything one store write needs; immutable once handed to the writer."""
-
-    version: int
-    step_id: int | None
-    memory: Any  # the policy backend's form of the memory; never mutated once taken
-    meta: dict[str, Any]
-
-
-class _WriteBehind:
-    """A writer thread that commits the newest snapshot; coalesces, never reorders."""
-
-    def __init__(
-        self,
-        store: BaseStore,
-        key: str,
-        ttl_s: float | None,
-        to_state: Callable[[Any], Mapping[str, Any] | None],
-    ) -> None:
-        self.store, self.key, self.ttl_s = store, key, ttl_s
-        self.to_state = to_state  # backend memory -> state dict, off the step's path
-        self.cond = threading.Condition()
-        self.pending: _Snapshot | None = None
-        self.inflight = False
-        self.available = True
-        self.committed_version = 0
-        self.committed_step_id: int | None = None
-        self.oldest_pending_at: float | None = None
-        self.writes = 0
-        self.failures = 0
-        self._thread = threading.Thread(target=self._loop, name="tempomem-write-behind")
-        self._thread.daemon = True
-        self._thread.start()
-
-    def submit(self, snapshot: _Snapshot) -> None:
-        with self.cond:
-            self.pending = snapshot
-            if self.oldest_pending_at is None:
-                self.oldest_pending_at = time.monotonic()
-            self.cond.notify_all()
-
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until the newest snapshot is written; False if the store failed or timed out."""
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while (self.pending is not None or self.inflight) and self.available:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return self.pending is None and not self.inflight
-
-    def resume(self) -> None:
-        """The store answers again: let the thread retry the pending snapshot."""
-        with self.cond:
-            self.available = True
-            self.cond.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while self.pending is None or not self.available:
-                    self.cond.wait()
-                snapshot, self.pending, self.inflight = self.pending, None, True
-            ok = self._write(snapshot)
-            with self.cond:
-                self.inflight = False
-                if ok:
-                    self.writes += 1
-                    self.committed_version = max(self.committed_version, snapshot.version)
-                    if self.committed_version == snapshot.version:
-                        self.committed_step_id = snapshot.step_id
-                    if self.pending is None:
-                        self.oldest_pending_at = None
-                else:
-                    self.failures += 1
-                    self.available = False
-                    if self.pending is None:
-                        self.pending = snapshot  # keep it for when the store is back
-                self.cond.notify_all()
-
-    def _write(self, snapshot: _Snapshot) -> bool:
-        try:
-            tensors: dict[str, torch.Tensor] = {}
-            meta = dict(snapshot.meta)
-            meta["memory"] = None
-            state = self.to_state(snapshot.memory)
-            if state is not None:
-                state_tensors, meta["memory"] = split_state(state)
-                tensors = {_MEMORY_PREFIX + k: v for k, v in state_tensors.items()}
-            self.store.put_tensors(self.key, tensors, meta=meta, ttl_s=self.ttl_s)
-            return True
-        except StoreUnavailable as err:
-            log.warning("session write to %s failed, store unavailable: %s", self.key, err)
-            return False
-        except Exception:  # a bug or an oversized record must not kill the writer thread
-            log.exception("session write to %s failed", self.key)
-            return False
 
 
 class SessionActor:
@@ -274,8 +192,12 @@ class SessionActor:
         )
         self._store = self.store_spec.build(self.session_id.namespace)
         self._key = self.session_id.store_key
-        self._writer = _WriteBehind(
-            self._store, self._key, self.store_spec.ttl_s, self._policy.to_state
+        self._writer = WriteBehind(
+            self._store,
+            self._key,
+            self.store_spec.ttl_s,
+            self._policy.to_state,
+            probe_interval_s=self.config.probe_interval_s,
         )
 
         self._memory: Any = None  # the policy backend's form of the session's memory
@@ -283,11 +205,12 @@ class SessionActor:
         self._episode = 0
         self._last_step_id: int | None = None
         self._responses: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        self._digests: dict[int, str] = {}  # step id -> request digest, for the replay window
+        self._last_t: float | None = None  # the last applied step's frame time (this episode)
         self._last_step_wall: float | None = None
         self._reset_wall = time.time()
         self._version = 0
         self._reset_since_start = False
-        self._last_probe = 0.0
         self.restored = False
         self._metrics: dict[str, int] = {
             "steps": 0,
@@ -295,6 +218,7 @@ class SessionActor:
             "degraded_steps": 0,
             "sync_writes": 0,
             "store_unavailable": 0,
+            "store_slow_steps": 0,
             "recoveries": 0,
             "restore_errors": 0,
         }
@@ -304,7 +228,7 @@ class SessionActor:
         except StoreUnavailable as err:
             log.warning("%s: store unavailable at start, running degraded: %s", self._key, err)
             self._metrics["store_unavailable"] += 1
-            self._set_unavailable()
+            self._writer.mark_unavailable()
         except (CorruptRecord, ValueError):
             # Failing here would restart the actor forever; start empty, loudly instead. The
             # unreadable record is replaced by the next write.
@@ -318,9 +242,11 @@ class SessionActor:
         """Answer one step (a JSON dict of ``StepResponse``); see the module docstring."""
         start = time.perf_counter()
         req = StepRequest.model_validate(request)
-        healthy = self._store_usable()
+        digest = request_digest(req)
         if self._last_step_id is not None and req.step_id <= self._last_step_id:
-            return self._replay(req.step_id)
+            return self._replay(req.step_id, digest)
+        self._check_time(req.t)
+        healthy = self._store_usable()
         output, new_memory, worker_ms = self._run_worker(req, healthy)
         if healthy:
             self._memory = new_memory
@@ -329,6 +255,8 @@ class SessionActor:
             self._metrics["degraded_steps"] += 1
         self._metrics["steps"] += 1
         self._last_step_id = req.step_id
+        self._last_t = req.t if req.t is not None else self._last_t
+        self._digests[req.step_id] = digest
         self._last_step_wall = time.time()
         committed = False
         store_ms = 0.0
@@ -357,13 +285,15 @@ class SessionActor:
         self._episode += 1
         self._last_step_id = None
         self._responses.clear()
+        self._digests.clear()
+        self._last_t = None
         self._last_step_wall = None
         self._reset_wall = time.time()
         self._reset_since_start = True
         # Submitted even when the store is down: the writer holds it until the store is back,
         # so a reset during an outage is never undone by an older pending snapshot.
         self._writer.submit(self._snapshot())
-        committed = healthy and self._writer.flush(self._flush_timeout())
+        committed = healthy and self._writer.flush(self.config.store_budget_s)
         response = ResetResponse(
             session_id=str(self.session_id), episode=self._episode, degraded=not committed
         )
@@ -382,37 +312,35 @@ class SessionActor:
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait for the write-behind; True when every answered step is committed."""
-        if not self._store_usable():
-            return False
+        self._store_usable()
         return self._writer.flush(timeout_s)
 
     def summary(self) -> dict[str, Any]:
         """What this actor holds now (``SessionSummary`` as a dict)."""
-        with self._writer.cond:
-            pending = self._writer.pending is not None or self._writer.inflight
-            committed_step = self._writer.committed_step_id
-            lag = self._version - self._writer.committed_version if pending else 0
+        writer = self._writer.status()
         return SessionSummary(
             session_id=str(self.session_id),
             episode=self._episode,
             last_step_id=self._last_step_id,
-            committed_step_id=committed_step,
+            committed_step_id=writer.committed_step_id,
             frames_in_memory=self._frames,
-            degraded=not self._writer.available or self._needs_restore,
-            pending_writes=lag,
+            degraded=not writer.available or self._needs_restore,
+            pending_writes=self._version - writer.committed_version if writer.pending else 0,
             restored=self.restored,
-            store=self.store_spec.url,
+            store=store_kind(self.store_spec.url),
         ).model_dump(mode="json")
+
+    def forget(self) -> bool:
+        """Delete the session's store record and stop writing it (before the actor is killed:
+        ``RayTransport.delete``). True if there was a record."""
+        self._writer.stop()
+        return self._store.delete(self._key)
 
     def metrics(self) -> dict[str, int]:
         """Counters: steps, replayed, degraded_steps, writes, write_failures, sync_writes,
         store_unavailable, recoveries."""
-        with self._writer.cond:
-            return {
-                **self._metrics,
-                "writes": self._writer.writes,
-                "write_failures": self._writer.failures,
-            }
+        writer = self._writer.status()
+        return {**self._metrics, "writes": writer.writes, "write_failures": writer.failures}
 
     # ---------------------------------------------------------------------------- internals
 
@@ -436,19 +364,46 @@ class SessionActor:
 
     def _remember(self, step_id: int, response: StepResponse) -> None:
         self._responses[step_id] = response.model_dump(mode="json")
+        self._trim_replay_window()
+
+    def _trim_replay_window(self) -> None:
         while len(self._responses) > self.config.replay_window:
             self._responses.popitem(last=False)
+        for step_id in [i for i in self._digests if i not in self._responses]:
+            del self._digests[step_id]
 
-    def _replay(self, step_id: int) -> dict[str, Any]:
+    def _replay(self, step_id: int, digest: str) -> dict[str, Any]:
         stored = self._responses.get(step_id)
+        last = self._last_step_id
         if stored is None:
-            kept = f"{min(self._responses)}..{max(self._responses)}" if self._responses else "none"
-            raise ValueError(
-                f"step_id {step_id} was already applied (last step id {self._last_step_id}) and "
-                f"is outside the replay window (kept: {kept}); send step ids in increasing order"
+            oldest = min(self._responses) if self._responses else None
+            if oldest is not None and step_id > oldest:
+                raise StepConflict(
+                    f"step_id {step_id} was never answered in this episode, and step ids must "
+                    f"strictly increase (last answered: {last}); send a step id above {last}"
+                )
+            kept = f"{oldest}..{max(self._responses)}" if oldest is not None else "none"
+            raise StepConflict(
+                f"step_id {step_id} is not above the last answered step id {last} and is not in "
+                f"the replay window (kept: {kept}), so it cannot be replayed; send a step id "
+                f"above {last}, or reset the session to start a new episode"
+            )
+        known = self._digests.get(step_id)
+        if known is not None and known != digest:
+            raise StepConflict(
+                f"step_id {step_id} was answered for a different request; a retry must resend "
+                "the same body (a new request needs a new step id)"
             )
         self._metrics["replayed"] += 1
         return {**stored, "replayed": True}
+
+    def _check_time(self, t: float | None) -> None:
+        if t is not None and self._last_t is not None and t < self._last_t:
+            raise ValueError(
+                f"t = {t:g} is earlier than the last step's t = {self._last_t:g}: frame times may "
+                "not go backwards within an episode. To restart the clock, reset the session "
+                f"(POST /v1/sessions/{self.session_id.id}/reset, or client.reset(...)) first"
+            )
 
     def _commit(self, response: StepResponse, step_id: int) -> bool:
         """Hand the new state to the writer; wait for it when over the lag bound."""
@@ -456,16 +411,20 @@ class SessionActor:
         # a committed step.
         self._remember(step_id, response.model_copy(update={"committed": True}))
         self._writer.submit(self._snapshot())
-        with self._writer.cond:
-            lag_steps = self._version - self._writer.committed_version
-            oldest = self._writer.oldest_pending_at
-        too_old = oldest is not None and time.monotonic() - oldest > self.config.max_lag_s
-        if lag_steps > self.config.max_lag_steps or too_old:
+        if self._over_lag_bound(self._writer.status()):
             self._metrics["sync_writes"] += 1
-            return self._writer.flush(self._flush_timeout())
+            return self._writer.flush(self.config.store_budget_s)
         return False
 
-    def _snapshot(self) -> _Snapshot:
+    def _over_lag_bound(self, writer: WriterStatus) -> bool:
+        """More answered steps, or an older one, uncommitted than the config allows."""
+        if not writer.pending:
+            return False
+        oldest = writer.oldest_pending_at
+        too_old = oldest is not None and time.monotonic() - oldest > self.config.max_lag_s
+        return self._version - writer.committed_version > self.config.max_lag_steps or too_old
+
+    def _snapshot(self) -> Snapshot:
         self._version += 1
         meta = {
             "format": RECORD_FORMAT,
@@ -475,41 +434,37 @@ class SessionActor:
             "frames": self._frames,
             "last_step_wall": self._last_step_wall,
             "reset_wall": self._reset_wall,
+            "last_t": self._last_t,
             "responses": {str(k): v for k, v in self._responses.items()},
+            "digests": {str(k): v for k, v in self._digests.items()},
         }
-        return _Snapshot(self._version, self._last_step_id, self._memory, meta)
-
-    def _flush_timeout(self) -> float:
-        return 4 * self.store_spec.socket_timeout_s + 1.0
-
-    def _set_unavailable(self) -> None:
-        with self._writer.cond:
-            self._writer.available = False
-        self._last_probe = time.monotonic()
+        return Snapshot(self._version, self._last_step_id, self._memory, meta)
 
     def _store_usable(self) -> bool:
-        """True if steps may use memory now; probes a degraded store (rate-limited) and, when
-        it answers, restores (if ``__init__`` could not) and writes the pending snapshot."""
-        with self._writer.cond:
-            available = self._writer.available
-        if available and not self._needs_restore:
+        """True if a step may use memory now. No store I/O here while the store is sick: the
+        writer probes it in the background; once a probe is answered, this restores (if
+        ``__init__`` could not) and resumes writing. A store that is up but behind the lag bound
+        (slow) also makes the step run memoryless, so no step waits on it past the budget."""
+        writer = self._writer.status()
+        if writer.available and not self._needs_restore:
+            if self._over_lag_bound(writer):
+                self._metrics["store_slow_steps"] += 1
+                return False
             return True
-        now = time.monotonic()
-        if now - self._last_probe < self.config.probe_interval_s:
-            return False
-        self._last_probe = now
-        try:
-            self._store.ping()
-            if self._needs_restore:
-                self._restore()
-        except StoreUnavailable:
-            self._metrics["store_unavailable"] += 1
-            return False
-        self._writer.resume()
-        if not self._writer.flush(self._flush_timeout()):
-            return False
-        self._metrics["recoveries"] += 1
-        return True
+        if writer.available or writer.store_answers:
+            try:
+                if self._needs_restore:
+                    self._restore()
+            except StoreUnavailable:
+                self._metrics["store_unavailable"] += 1
+                self._writer.mark_unavailable()
+                return False
+            if not writer.available:
+                self._writer.resume()
+                self._metrics["recoveries"] += 1
+            self._writer.flush(self.config.store_budget_s)  # the pending write, within budget
+            return not self._over_lag_bound(self._writer.status())
+        return False
 
     def _restore(self) -> None:
         """Load the session record; merge with what this actor answered while it could not."""
@@ -525,9 +480,10 @@ class SessionActor:
         plain = meta.get("memory")
         memory: Any = None
         if plain is not None:
-            state = {k.removeprefix(_MEMORY_PREFIX): v for k, v in tensors.items()}
+            state = {k.removeprefix(MEMORY_PREFIX): v for k, v in tensors.items()}
             memory = self._policy.from_state(join_state(state, plain, f"record {self._key!r}"))
         degraded_answers = dict(self._responses)
+        degraded_digests = dict(self._digests)
         self._memory = memory
         self._frames = int(meta.get("frames", 0))
         self._episode = int(meta.get("episode", 0))
@@ -540,15 +496,24 @@ class SessionActor:
                 + list(degraded_answers.items())
             )
         )
-        while len(self._responses) > self.config.replay_window:
-            self._responses.popitem(last=False)
+        self._digests = {int(k): str(v) for k, v in (meta.get("digests") or {}).items()}
+        self._digests.update(degraded_digests)
+        self._trim_replay_window()
+        stored_t = meta.get("last_t")
+        times = [x for x in (stored_t, self._last_t) if x is not None]
+        self._last_t = max(times) if times else None
         self._last_step_wall = meta.get("last_step_wall") or self._last_step_wall
         self._reset_wall = float(meta.get("reset_wall", self._reset_wall))
-        with self._writer.cond:
-            self._writer.committed_step_id = stored_last
+        self._writer.set_committed(stored_last)
         self.restored = True
         if degraded_answers:
             self._writer.submit(self._snapshot())
+
+
+def request_digest(request: StepRequest) -> str:
+    """A short hash of a step request's content (all fields), to tell a retry from a new one."""
+    body = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
 
 
 def session_handle(

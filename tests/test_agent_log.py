@@ -98,13 +98,34 @@ def test_times_going_backwards(store: BaseStore) -> None:
     clock = SimClock(T0)
     log = AgentEventLog(store, "back", clock=clock)
     log.record_message({"role": "user", "content": "first"}, t=T0 + 10)
-    with pytest.raises(ValueError, match="backwards"):
-        log.record_message({"role": "user", "content": "second"})
+    # Recorded without a time while the clock reads earlier (skew): kept in order, at T0 + 10.
+    log.record_message({"role": "user", "content": "second"})
     fresh = AgentEventLog(store, "back", clock=clock)  # learns the last time from the store
     with pytest.raises(ValueError, match="backwards"):
         fresh.record_tool_call("get_weather", {}, t=T0 + 5)
     fresh.record_message({"role": "user", "content": "same time is fine"}, t=T0 + 10)
-    assert len(log.events()) == 2
+    assert [e["t"] for e in log.events()] == [T0 + 10] * 3
+
+
+def test_a_far_future_time_is_refused_and_cannot_wedge_the_log(store: BaseStore) -> None:
+    clock = SimClock(T0)
+    log = AgentEventLog(store, "future", clock=clock)
+    with pytest.raises(ValueError, match="ahead of this host's clock"):
+        log.record_message({"role": "user", "content": "x", "time": "9999-12-31T23:59:59Z"})
+    log.record_message({"role": "user", "content": "near future is skew"}, t=T0 + 299)
+    clock.advance(1)
+    log.record_message({"role": "user", "content": "now"})  # clamped to T0 + 299, not refused
+    assert [e["t"] for e in log.events()] == [T0 + 299, T0 + 299]
+
+
+def test_reset_empties_the_log_and_restarts_its_clock(store: BaseStore) -> None:
+    clock = SimClock(T0)
+    log = AgentEventLog(store, "again", clock=clock)
+    log.record_message({"role": "user", "content": "x"}, t=T0 + 100)
+    assert log.reset() is True
+    assert log.events() == [] and AgentEventLog(store, "again", clock=clock).events() == []
+    log.record_message({"role": "user", "content": "earlier is fine now"}, t=T0)
+    assert [e["t"] for e in log.events()] == [T0]
 
 
 def test_bad_records(store: BaseStore) -> None:
@@ -123,7 +144,7 @@ def test_bad_records(store: BaseStore) -> None:
 
 
 def test_message_time_field_is_used(store: BaseStore) -> None:
-    log = AgentEventLog(store, "timed", clock=SimClock(0))
+    log = AgentEventLog(store, "timed", clock=SimClock(T0))
     log.record_message({"role": "user", "content": "x", "time": "2025-03-04T08:00:00Z"})
     assert log.events()[0]["t"] == T0
 

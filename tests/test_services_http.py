@@ -25,18 +25,23 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
+from kv_store import RedisStore
 from kv_store.redis_server import LocalRedisServer
 from memory import TempoFitConfig
 from services.client import AsyncTempomemClient, TempomemClient
 from services.deployment import POLICY_DEPLOYMENT, ServeSettings, build_app
 from services.http_app import AdviseRequest, AgentEventRequest, HttpSettings, create_app
 from services.policy_worker import WorkerSpec
-from services.schemas import SessionId, StepResponse
+from services.schemas import SessionId, SessionLimitReached, SessionNotFound, StepResponse
 from services.session import SessionConfig, StoreSpec
 
 RAY_NAMESPACE = f"tempomem-http-{uuid.uuid4().hex[:8]}"
 WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=4))
-TOKENS = {"tok-a": "tenant-a", "tok-b": "tenant-b"}
+TOKENS = {"tok-a-0123456789abcdef": "tenant-a", "tok-b-0123456789abcdef": "tenant-b"}
+
+
+def _token(tenant: str) -> str:
+    return f"tok-{tenant}-0123456789abcdef"
 MAX_BODY = 256 * 1024
 PREFIX = 8
 
@@ -51,9 +56,10 @@ def _free_port() -> int:
 class Service:
     url: str
     app_name: str
+    store_url: str
 
     def client(self, tenant: str = "a") -> TempomemClient:
-        return TempomemClient.connect(self.url, namespace=f"tenant-{tenant}", token=f"tok-{tenant}")
+        return TempomemClient.connect(self.url, namespace=f"tenant-{tenant}", token=_token(tenant))
 
     def batches(self) -> list[int]:
         handle = serve.get_deployment_handle(POLICY_DEPLOYMENT, app_name=self.app_name)
@@ -77,7 +83,9 @@ def service(redis_server: LocalRedisServer) -> Iterator[Service]:
             request_timeout_s=60,
         )
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
-        yield Service(url=f"http://127.0.0.1:{port}", app_name=settings.app_name)
+        yield Service(
+            url=f"http://127.0.0.1:{port}", app_name=settings.app_name, store_url=redis_server.url
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -88,7 +96,7 @@ def _tokens(step: int, salt: int = 0) -> list[int]:
 
 
 def _auth(tenant: str = "a") -> dict[str, str]:
-    return {"Authorization": f"Bearer tok-{tenant}"}
+    return {"Authorization": f"Bearer {_token(tenant)}"}
 
 
 def _close(a: StepResponse, b: StepResponse) -> bool:
@@ -120,8 +128,10 @@ def test_step_reset_elapsed_round_trip(service: Service) -> None:
     assert client.step(name, 0, _tokens(0), PREFIX).frames_in_memory == 0
     openapi = httpx.get(service.url + "/openapi.json").json()
     assert "/v1/sessions/{session_id}/step" in openapi["paths"]
-    health = httpx.get(service.url + "/healthz").json()  # no token needed
-    assert health["status"] == "ok" and health["model"] == "tiny-llama"
+    assert httpx.get(service.url + "/healthz").json() == {"status": "ok"}  # no token, no data
+    info = httpx.get(service.url + "/v1/info", headers=_auth()).json()
+    assert info["model"] == "tiny-llama" and info["store"] == "redis" and info["sessions"] >= 1
+    assert httpx.get(service.url + "/v1/info").status_code == 401
 
 
 # ------------------------------------------------------------------------------ validation
@@ -203,7 +213,7 @@ def test_two_tenants_cannot_read_each_others_sessions(service: Service) -> None:
         headers={**_auth("b"), "X-Tempomem-Namespace": "tenant-a"},
     )
     assert response.status_code == 403
-    wrong = TempomemClient.connect(service.url, namespace="tenant-a", token="tok-b")
+    wrong = TempomemClient.connect(service.url, namespace="tenant-a", token=_token("b"))
     with pytest.raises(PermissionError, match="403"):
         wrong.summary(shared)
     with pytest.raises(PermissionError, match="namespace"):  # the client refuses it locally
@@ -290,10 +300,10 @@ def test_metrics_parse_as_prometheus_text(service: Service) -> None:
 def test_concurrent_steps_of_two_sessions_match_sequential_ones(service: Service) -> None:
     tag = uuid.uuid4().hex[:6]
     sequential = service.client("a")
-    concurrent = AsyncTempomemClient.connect(service.url, namespace="tenant-a", token="tok-a")
+    concurrent = AsyncTempomemClient.connect(service.url, namespace="tenant-a", token=_token("a"))
     seq_names, con_names = [f"s{k}-{tag}" for k in range(2)], [f"c{k}-{tag}" for k in range(2)]
     for name in seq_names + con_names:  # start the session actors (process start-up)
-        sequential.elapsed(name)
+        sequential.reset(name)
     before = len(service.batches())
 
     async def run() -> None:
@@ -333,7 +343,7 @@ def test_store_unavailable_steps_degraded_over_http(service: Service) -> None:
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/degraded")
     try:
         client = TempomemClient.connect(
-            service.url + "/degraded", namespace="tenant-a", token="tok-a"
+            service.url + "/degraded", namespace="tenant-a", token=_token("a")
         )
         answers = [client.step("d1", i, _tokens(i), PREFIX) for i in range(3)]
         assert all(a.degraded and a.frames_in_memory == 0 for a in answers)
@@ -349,6 +359,61 @@ def test_store_unavailable_steps_degraded_over_http(service: Service) -> None:
         assert events.status_code == 503
     finally:
         serve.delete(settings.app_name)
+
+
+# ------------------------------------------------------------------------------ lifecycle
+
+
+def test_reads_never_create_delete_ends_and_caps_hold(service: Service) -> None:
+    """Reads of an unknown session are 404 and create no actor; DELETE removes the record and
+    the actor; a tenant's sessions beyond its cap are 429, and deleting one makes room."""
+    settings = ServeSettings(
+        app_name="tempomem-capped",
+        ray_namespace=RAY_NAMESPACE,
+        worker=WORKER,
+        store=StoreSpec(url=service.store_url),
+        session=SessionConfig(max_lag_steps=0),
+        http=HttpSettings(tokens=TOKENS),
+        max_sessions_per_tenant=2,
+    )
+    serve.run(build_app(settings), name=settings.app_name, route_prefix="/capped")
+    tenant = {"tenant-b": _token("b")}
+    try:
+        client = TempomemClient.connect(service.url + "/capped", namespace="tenant-b",
+                                        token=tenant["tenant-b"])  # fmt: skip
+        tag = uuid.uuid4().hex[:6]
+        ghost = f"ghost-{tag}"
+        for read in (client.summary, client.elapsed, client.metrics, client.flush, client.delete):
+            with pytest.raises(SessionNotFound):
+                read(ghost)
+        names = [f"cap{k}-{tag}" for k in range(3)]
+        live = _named_actors("tenant-b")
+        room = 2 - len(live)
+        for name in names[:room]:
+            client.step(name, 0, _tokens(0), PREFIX)
+        with pytest.raises(SessionLimitReached, match="cap is 2"):
+            client.step(names[room], 0, _tokens(0), PREFIX)
+        assert not any(ghost in n for n in _named_actors("tenant-b"))
+        victim = names[0] if room else live[0].rsplit("/", 1)[1]
+        key = SessionId(kind="robot", namespace="tenant-b", id=victim).store_key
+        store = RedisStore(service.store_url, namespace="tenant-b")
+        assert store.get_tensors(key) is not None
+        assert client.delete(victim) is True
+        assert store.get_tensors(key) is None
+        with pytest.raises(SessionNotFound):
+            client.summary(victim)
+        assert client.step(names[room], 0, _tokens(0), PREFIX).frames_in_memory == 0
+    finally:
+        serve.delete(settings.app_name)
+
+
+def _named_actors(namespace: str) -> list[str]:
+    prefix = f"tempomem/robot/{namespace}/"
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == RAY_NAMESPACE and a["name"].startswith(prefix)
+    ]
 
 
 # ------------------------------------------------------------------------------ fuzzing
@@ -418,8 +483,8 @@ class _FakeBackend:
     async def advise(self, session: SessionId, request: AdviseRequest) -> dict[str, Any]:
         raise ValueError("nothing to advise on")
 
-    def health(self) -> dict[str, Any]:
-        return {"model": "fake", "store": "none", "sessions": 0}
+    def info(self, namespace: str) -> dict[str, Any]:
+        return {"model": "fake", "store": "local", "sessions": 0}
 
 
 def test_without_tokens_the_namespace_is_the_header() -> None:

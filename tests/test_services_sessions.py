@@ -226,7 +226,7 @@ def test_store_outage_degrades_to_memoryless_then_writes_resume(
         tenant,
         store=StoreSpec(url=private_redis.url, socket_timeout_s=0.5),
         worker=WORKER.model_copy(update={"placement": placement}),
-        config=SessionConfig(max_lag_steps=0, probe_interval_s=0.0),
+        config=SessionConfig(max_lag_steps=0, probe_interval_s=0.05),
     )
     name = _register(sessions, client, "r1")
     for i in range(2):
@@ -242,6 +242,7 @@ def test_store_outage_degrades_to_memoryless_then_writes_resume(
     assert client.summary(name).degraded
 
     private_redis.start()  # an empty server (persistence off): the session writes itself back
+    time.sleep(1.0)  # the writer probes every 0.05 s in the background, off the step path
     back = _step(client, name, 6)
     assert not back.degraded and back.committed
     assert back.frames_in_memory == 3  # steps 0-2 ran with memory; degraded ones were not kept
