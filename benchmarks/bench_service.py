@@ -1,4 +1,4 @@
-"""Service overhead and load: session actor vs a bare Ray call, HTTP latency, 16 robots at 20 Hz.
+"""Service overhead and load: session host vs a bare Ray call, HTTP latency, 16 robots at 20 Hz.
 
 1. Step round trip through a ``SessionActor`` vs a bare no-op Ray actor call, interleaved in
    one run (target <= 1.5). The policy is an **echo engine** (a no-model ``PolicyWorker``
@@ -38,7 +38,6 @@ from memory import TempoFitConfig
 from services.client import AsyncTempomemClient, TempomemClient
 from services.deployment import ServeSettings, build_app
 from services.policy_worker import StepOutput, WorkerSpec
-from services.schemas import SessionId
 from services.session import SessionConfig, StoreSpec
 
 TARGET_RATIO = 1.5
@@ -128,9 +127,9 @@ def _actor_ratio(namespace: str) -> list[tuple[str, float]]:
 
         result = compare(session_step, bare_call, repeats=201, warmup=20)
         hops = (
-            "driver -> session actor -> policy actor"
+            "driver -> session host -> policy actor"
             if placement == "shared"
-            else ("driver -> session actor (policy in-process)")
+            else ("driver -> session host (policy in-process)")
         )
         rows.append(
             (
@@ -172,7 +171,7 @@ def _http_latency(url: str, namespace: str, worker: WorkerSpec) -> str:
 _ROLES = (
     ("ProxyActor", "HTTP proxy"),
     ("Ingress", "ingress"),
-    ("SessionActor", "session actors"),
+    ("SessionHost", "session hosts"),
     ("PolicyDeployment", "policy deployment"),
 )
 
@@ -285,12 +284,10 @@ def _serve_placement(
             )
     finally:
         serve.delete(settings.app_name)
-        for name in ["bench/lat", "bench-direct/lat", *(f"load/robot{r}" for r in range(ROBOTS))]:
-            with contextlib.suppress(ValueError):  # a fresh set of session actors per placement
-                tenant, session = name.split("/")
-                ray.kill(
-                    ray.get_actor(SessionId(kind="robot", namespace=tenant, id=session).actor_name)
-                )
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["name"].startswith("tempomem/host/"):  # fresh session hosts per placement
+                with contextlib.suppress(ValueError):
+                    ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
     return latency, load, batches
 
 
@@ -347,12 +344,12 @@ def run(duration_s: float = 60.0) -> str:
         *(row for row, _ in ratio_rows),
         "",
         "Placement `shared` is two actor hops where the baseline is one, so it cannot fall below "
-        "~2; placement `session` runs the policy in the session actor's process (one hop, no "
+        "~2; placement `session` runs the policy in the session host's process (one hop, no "
         "state transfer, one model copy per session).",
         "",
         "HTTP (`tempomem serve`; tiny-llama, TempoFit layers [1, 2], 8 frames; local store; one "
-        "robot stepping sequentially; `shared`: Serve ingress -> session actor -> batched policy "
-        "deployment, `session`: Serve ingress -> session actor):",
+        "robot stepping sequentially; `shared`: Serve ingress -> session host -> batched policy "
+        "deployment, `session`: Serve ingress -> session host):",
         "",
         "| placement | HTTP step p50 ms | HTTP step p99 ms | HTTP / Ray-client step |",
         "|---|---|---|---|",

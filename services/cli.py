@@ -268,8 +268,14 @@ def serve(
         ),
     ] = "shared",
     max_sessions_per_tenant: Annotated[
-        int, typer.Option(help="Most live robot sessions per tenant; more answer HTTP 429.")
-    ] = 64,
+        int, typer.Option(help="Most robot sessions per tenant; more answer HTTP 429.")
+    ] = 1000,
+    session_hosts: Annotated[
+        int, typer.Option(help="Session host actors; each holds many sessions' memory.")
+    ] = 2,
+    idle_evict_s: Annotated[
+        float, typer.Option(help="Seconds unused before a session leaves memory for the store.")
+    ] = 600.0,
 ) -> None:
     """Serve the HTTP API: a local Ray + Ray Serve with the policy and session actors."""
     from services.deployment import ServeSettings
@@ -288,6 +294,8 @@ def serve(
             max_batch_size=max_batch_size,
             policy_replicas=replicas,
             max_sessions_per_tenant=max_sessions_per_tenant,
+            session_hosts=session_hosts,
+            idle_evict_s=idle_evict_s,
             store=StoreSpec(url="local" if store == "embedded" else store),
         )
     except ValueError as err:

@@ -47,6 +47,7 @@ from services.schemas import (
 if TYPE_CHECKING:
     from services.policy_worker import ModelFactory, WorkerSpec
     from services.session import ServeWorker, SessionConfig, StoreSpec
+    from services.session_host import HostSpec
 
 
 class Transport(Protocol):
@@ -61,27 +62,21 @@ class AsyncTransport(Protocol):
     ) -> Any: ...
 
 
-#: Methods that only read a session: they never create one (an unknown session is a
-#: ``SessionNotFound``), so a read cannot cost a new actor.
-READ_METHODS = frozenset({"elapsed", "summary", "metrics", "flush"})
-
-
 class RayTransport:
-    """Session actors through Ray handles (created by ``step``/``reset``, then cached).
+    """Sessions on session hosts through Ray (``services.session_host``): a session's calls go
+    to the host that ``host_index`` picks among ``hosts.hosts``; host handles are cached.
 
-    Reads (``READ_METHODS``) and ``delete`` of a session that has no actor raise
-    ``SessionNotFound``; creating one more session than ``max_sessions_per_namespace`` for a
-    tenant raises ``SessionLimitReached``. ``delete`` removes the session's store record and
-    its actor.
+    Only ``step`` and ``reset`` create a session; reads and ``delete`` of an unknown session
+    raise ``SessionNotFound``, a session beyond the tenant's cap ``SessionLimitReached``.
 
     Args:
-        store, worker, config, worker_factory, detached: how a session actor is created when it
-            does not exist yet (see ``services.session.session_handle``).
-        ray_namespace: Ray namespace of the session and worker actors (default: the namespace
+        store, worker, config, worker_factory, detached: how a host (and the sessions on it)
+            is created when it does not exist yet (see ``services.session_host.host_handle``).
+        hosts: the host pool (``HostSpec``); every process of a deployment must agree on it.
+        ray_namespace: Ray namespace of the host and worker actors (default: the namespace
             this process joined with ``ray.init(namespace=...)``).
         timeout_s: longest wait for one call.
         serve_worker: sessions step through this Serve deployment (see ``ServeWorker``).
-        max_sessions_per_namespace: most live sessions per tenant (None: no cap).
     """
 
     def __init__(
@@ -95,9 +90,11 @@ class RayTransport:
         detached: bool = False,
         timeout_s: float = 120.0,
         serve_worker: ServeWorker | None = None,
-        max_sessions_per_namespace: int | None = None,
+        hosts: HostSpec | None = None,
     ) -> None:
         import ray
+
+        from services.session_host import HostSpec, pool_id
 
         if not ray.is_initialized():
             raise RuntimeError("RayTransport needs a Ray connection: call ray.init(...) first")
@@ -107,81 +104,50 @@ class RayTransport:
         self.detached = detached
         self.timeout_s = timeout_s
         self.serve_worker = serve_worker
-        self.max_sessions_per_namespace = max_sessions_per_namespace
-        self._handles: dict[str, Any] = {}
+        self.hosts = hosts or HostSpec()
+        self.pool = pool_id(store, worker, config, self.hosts, serve_worker)
+        self._handles: dict[int, Any] = {}
 
-    def _existing(self, session: SessionId) -> Any | None:
-        import ray
+    def handle(self, session: SessionId) -> Any:
+        """The handle of the session's host (get-or-create)."""
+        from services.session_host import host_handle, host_index
 
-        try:
-            return ray.get_actor(session.actor_name, namespace=self.ray_namespace)
-        except ValueError:
-            return None
-
-    def _check_cap(self, session: SessionId) -> None:
-        import ray.util
-
-        cap = self.max_sessions_per_namespace
-        if cap is None:
-            return
-        prefix = session.actor_name.rsplit("/", 1)[0] + "/"
-        live = sum(
-            1
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == self.ray_namespace and actor["name"].startswith(prefix)
-        )
-        if live >= cap:
-            raise SessionLimitReached(
-                f"namespace {session.namespace!r} has {live} live {session.kind} sessions, its "
-                f"cap is {cap}: delete one (DELETE /v1/sessions/{{id}}) before starting another"
-            )
-
-    def handle(self, session: SessionId, create: bool = True) -> Any:
-        """The session's actor handle: get, or create unless ``create`` is False."""
-        name = session.actor_name
-        found = self._handles.get(name) or self._existing(session)
-        if found is None and not create:
-            raise SessionNotFound(f"session {session} does not exist")
+        index = host_index(session, self.hosts.hosts)
+        found = self._handles.get(index)
         if found is None:
-            from services.session import session_handle
-
-            self._check_cap(session)
-            found = session_handle(
-                session,
+            found = host_handle(
+                index,
+                pool=self.pool,
                 ray_namespace=self.ray_namespace,
                 store=self.store,
                 worker=self.worker,
                 config=self.config,
+                host=self.hosts,
                 worker_factory=self.worker_factory,
                 detached=self.detached,
                 serve_worker=self.serve_worker,
             )
-            self._handles[name] = found
+            self._handles[index] = found
         return found
 
     def submit(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        """The ObjectRef of one call (``delete`` answers at once: see ``delete``)."""
-        handle = self.handle(session, create=method not in READ_METHODS | {"delete"})
-        remote_method = getattr(handle, "forget" if method == "delete" else method)
-        return remote_method.remote() if payload is None else remote_method.remote(payload)
+        """The ObjectRef of one call."""
+        from services.session_host import READ_METHODS
+
+        host = self.handle(session)
+        sid = session.model_dump(mode="json")
+        if method in READ_METHODS:
+            return host.read.remote(sid, method)
+        if method == "delete":
+            return host.delete.remote(sid)
+        if method not in ("step", "reset"):
+            raise ValueError(f"unknown session method {method!r}")
+        return getattr(host, method).remote(sid, payload)
 
     def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
         import ray
 
-        result = ray.get(self.submit(session, method, payload), timeout=self.timeout_s)
-        if method == "delete":
-            self.drop(session, kill=True)
-        return result
-
-    def drop(self, session: SessionId, kill: bool = False) -> None:
-        """Forget the cached handle (and, with ``kill``, end the actor without a restart)."""
-        import ray
-
-        handle = self._handles.pop(session.actor_name, None) or (
-            self._existing(session) if kill else None
-        )
-        if kill and handle is not None:
-            ray.kill(handle, no_restart=True)
+        return ray.get(self.submit(session, method, payload), timeout=self.timeout_s)
 
 
 class AsyncRayTransport:
@@ -191,10 +157,7 @@ class AsyncRayTransport:
         self.sync = sync
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        result = await self.sync.submit(session, method, payload)
-        if method == "delete":
-            self.sync.drop(session, kill=True)
-        return result
+        return await self.sync.submit(session, method, payload)
 
 
 #: method -> (HTTP verb, path suffix) of the session routes of ``services.http_app``.
@@ -350,11 +313,13 @@ def _ray_transport(
     ray_namespace: str | None,
     detached: bool,
     timeout_s: float,
+    hosts: HostSpec | None,
 ) -> RayTransport:
     from services.policy_worker import WorkerSpec
     from services.session import StoreSpec
 
     return RayTransport(
+        hosts=hosts,
         store=store if isinstance(store, StoreSpec) else StoreSpec(url=store),
         worker=worker or WorkerSpec(),
         config=config,
@@ -376,6 +341,8 @@ class TempomemClient(_ClientBase):
         config: ``SessionConfig`` for sessions this client creates.
         worker_factory: model factory for the worker (instead of ``worker.model``).
         transport: another transport (e.g. ``HttpTransport``); the Ray options are then unused.
+        hosts: the session host pool (``HostSpec``; default 2 hosts); the same in every
+            client of a Ray namespace.
     """
 
     def __init__(
@@ -391,10 +358,11 @@ class TempomemClient(_ClientBase):
         detached: bool = False,
         timeout_s: float = 120.0,
         transport: Transport | None = None,
+        hosts: HostSpec | None = None,
     ) -> None:
         super().__init__(namespace, kind)
         self.transport: Transport = transport or _ray_transport(
-            store, worker, config, worker_factory, ray_namespace, detached, timeout_s
+            store, worker, config, worker_factory, ray_namespace, detached, timeout_s, hosts
         )
 
     @classmethod
@@ -469,11 +437,12 @@ class AsyncTempomemClient(_ClientBase):
         detached: bool = False,
         timeout_s: float = 120.0,
         transport: AsyncTransport | None = None,
+        hosts: HostSpec | None = None,
     ) -> None:
         super().__init__(namespace, kind)
         self.transport: AsyncTransport = transport or AsyncRayTransport(
             _ray_transport(
-                store, worker, config, worker_factory, ray_namespace, detached, timeout_s
+                store, worker, config, worker_factory, ray_namespace, detached, timeout_s, hosts
             )
         )
 

@@ -43,6 +43,7 @@ from services.http_app import (
 from services.policy_worker import PolicyWorker, WorkerSpec
 from services.schemas import NAME_PATTERN, SessionId
 from services.session import ServeWorker, SessionConfig, StoreSpec
+from services.session_host import HostSpec
 
 POLICY_DEPLOYMENT = "PolicyDeployment"
 DEFAULT_APP = "tempomem"
@@ -73,10 +74,18 @@ class ServeSettings(BaseModel):
     )
     policy_replicas: int = Field(default=1, ge=1, le=64)
     max_sessions_per_tenant: int | None = Field(
-        default=64,
+        default=1000,
         ge=1,
-        description="Most live robot sessions per tenant (a new one beyond it: HTTP 429). Each "
-        "session is an actor process (~330 MB): size it to the machine. None: no cap.",
+        description="Most robot sessions per tenant (records in the store); a new one beyond it "
+        "is HTTP 429. None: no cap.",
+    )
+    session_hosts: int = Field(
+        default=2, ge=1, le=1024, description="Session host actors sharing all sessions."
+    )
+    idle_evict_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="A session unused this long leaves memory for the store (restored on use).",
     )
     request_timeout_s: float = Field(default=120.0, gt=0)
     access_log: bool = Field(
@@ -132,7 +141,11 @@ class RayBackend:
                 ray_namespace=settings.ray_namespace,
                 detached=True,
                 timeout_s=settings.request_timeout_s,
-                max_sessions_per_namespace=settings.max_sessions_per_tenant,
+                hosts=HostSpec(
+                    hosts=settings.session_hosts,
+                    idle_evict_s=settings.idle_evict_s,
+                    max_sessions_per_namespace=settings.max_sessions_per_tenant,
+                ),
                 serve_worker=None
                 if settings.worker.placement == "session"
                 else ServeWorker(app=settings.app_name, deployment=POLICY_DEPLOYMENT),
@@ -155,7 +168,6 @@ class RayBackend:
                 self.transport.call(session, method, payload), self.settings.request_timeout_s
             )
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-            self.transport.sync.drop(session)  # e.g. deleted through another replica
             raise ConnectionError(str(err)) from err
 
     def _log(self, session: SessionId) -> Any:

@@ -86,11 +86,6 @@ class SessionId(_Strict):
     )
 
     @property
-    def actor_name(self) -> str:
-        """The Ray actor name of this session (inside the deployment's Ray namespace)."""
-        return f"tempomem/{self.kind}/{self.namespace}/{self.id}"
-
-    @property
     def store_key(self) -> str:
         """The record key of this session inside the tenant's store namespace."""
         return f"session/{self.kind}/{self.id}"

@@ -1,9 +1,9 @@
-"""``SessionActor``: one Ray actor per robot or agent session; it owns the session's memory.
+"""``SessionActor``: the memory of one robot or agent session.
 
-Naming and lifetime. The actor is named ``tempomem/{kind}/{namespace}/{id}`` inside the
-deployment's Ray namespace, created with ``get_if_exists=True`` (every client reaches the same
-actor) and ``max_restarts=-1``. A restart re-runs ``__init__``, which restores the session from
-the store: key ``session/{kind}/{id}`` in a store whose namespace is the tenant namespace.
+Placement and lifetime. ``services.session_host.SessionHost`` actors hold many sessions each
+(a bounded pool); a host creates a ``SessionActor`` for a session on its first use, and that
+``__init__`` restores the session from the store: key ``session/{kind}/{id}`` in a store whose
+namespace is the tenant namespace. A restarted or evicted session restores the same way.
 
 Steps. Step ids strictly increase within an episode. ``step(request)`` with a ``step_id`` that
 was answered and is still in the replay window returns the stored response with
@@ -52,10 +52,9 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Mapping
+from typing import Any
 
-import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable, store_kind
@@ -163,6 +162,10 @@ class SessionActor:
             ``placement="session"`` it may also return a ready ``StepRunner``.
         serve_worker: ``ServeWorker`` (or its dict): step through that Serve deployment
             instead of the shared ``PolicyWorker`` actor (ignored with ``placement="session"``).
+        policy: a policy backend to share (a ``SessionHost`` gives all its sessions one);
+            None: built from ``worker``.
+        tenant_store: the tenant's store to share (one connection pool per host); None: built
+            from ``store``.
     """
 
     def __init__(
@@ -174,6 +177,9 @@ class SessionActor:
         ray_namespace: str = "tempomem",
         worker_factory: ModelFactory | None = None,
         serve_worker: ServeWorker | Mapping[str, Any] | None = None,
+        *,
+        policy: PolicyBackend | None = None,
+        tenant_store: BaseStore | None = None,
     ) -> None:
         self.session_id = SessionId.model_validate(session_id)
         self.store_spec = StoreSpec.model_validate(store or {})
@@ -182,7 +188,7 @@ class SessionActor:
         self.serve_worker = (
             None if serve_worker is None else ServeWorker.model_validate(serve_worker)
         )
-        self._policy: PolicyBackend = policy_backend(
+        self._policy: PolicyBackend = policy or policy_backend(
             self.worker_spec,
             ray_namespace=ray_namespace,
             factory=worker_factory,
@@ -190,7 +196,7 @@ class SessionActor:
             if self.serve_worker is None
             else (self.serve_worker.app, self.serve_worker.deployment),
         )
-        self._store = self.store_spec.build(self.session_id.namespace)
+        self._store = tenant_store or self.store_spec.build(self.session_id.namespace)
         self._key = self.session_id.store_key
         self._writer = WriteBehind(
             self._store,
@@ -329,6 +335,14 @@ class SessionActor:
             restored=self.restored,
             store=store_kind(self.store_spec.url),
         ).model_dump(mode="json")
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Write what is pending (up to ``timeout_s``) and end the writer, keeping the record:
+        the session can be restored from the store later (idle eviction). True if nothing
+        answered was left unwritten."""
+        flushed = self._writer.flush(timeout_s)
+        self._writer.stop()
+        return flushed
 
     def forget(self) -> bool:
         """Delete the session's store record and stop writing it (before the actor is killed:
@@ -514,57 +528,3 @@ def request_digest(request: StepRequest) -> str:
     """A short hash of a step request's content (all fields), to tell a retry from a new one."""
     body = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
-
-
-def session_handle(
-    session_id: SessionId,
-    *,
-    ray_namespace: str,
-    store: StoreSpec,
-    worker: WorkerSpec,
-    config: SessionConfig | None = None,
-    worker_factory: ModelFactory | None = None,
-    detached: bool = False,
-    max_task_retries: int = 3,
-    serve_worker: ServeWorker | None = None,
-) -> Any:
-    """The session's named actor, created on first use (``get_if_exists=True``).
-
-    ``max_task_retries`` applies to ``step`` (idempotent per step id, so a step that was running
-    when the actor died is safely re-run after the restart); ``reset`` is never retried.
-    ``detached=True`` lets the session outlive the driver that created it (deployments).
-    ``serve_worker``: step through that Serve deployment instead of the ``PolicyWorker`` actor.
-    """
-    actor_cls: Callable[..., Any] = ray.remote(_RaySessionActor)
-    options: dict[str, Any] = {
-        "name": session_id.actor_name,
-        "namespace": ray_namespace,
-        "get_if_exists": True,
-        "max_restarts": -1,
-        "max_task_retries": max_task_retries,
-        "max_concurrency": 1,
-        "num_cpus": 0,
-    }
-    if detached:
-        options["lifetime"] = "detached"
-    return actor_cls.options(**options).remote(  # type: ignore[attr-defined]
-        session_id.model_dump(mode="json"),
-        store.model_dump(mode="json"),
-        worker.model_dump(mode="json"),
-        (config or SessionConfig()).model_dump(mode="json"),
-        ray_namespace,
-        worker_factory,
-        None if serve_worker is None else serve_worker.model_dump(mode="json"),
-    )
-
-
-def _ray_method(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return cast(Callable[[Callable[..., Any]], Callable[..., Any]], ray.method(**options))
-
-
-class _RaySessionActor(SessionActor):
-    """``SessionActor`` with Ray per-method options: ``reset`` is not retried (not idempotent)."""
-
-    @_ray_method(max_task_retries=0)
-    def reset(self, request: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return super().reset(request)

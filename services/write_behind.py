@@ -145,7 +145,8 @@ class WriteBehind:
             self._committed_step_id = step_id
 
     def stop(self) -> None:
-        """Drop what is pending and write nothing more (the session is being deleted)."""
+        """Drop what is pending, write nothing more and end the thread (the session is closed
+        or deleted; ``flush()`` first to keep what is pending)."""
         with self._cond:
             self._stopped = True
             self._pending = None
@@ -156,6 +157,8 @@ class WriteBehind:
     def _loop(self) -> None:
         while True:
             snapshot = self._next()
+            if snapshot is None and self._stopped:
+                return
             if snapshot is None:
                 if not self._ping():
                     with self._cond:
@@ -183,8 +186,7 @@ class WriteBehind:
         with self._cond:
             while True:
                 if self._stopped:
-                    self._cond.wait()
-                    continue
+                    return None
                 if self._available and self._pending is not None:
                     snapshot, self._pending, self._inflight = self._pending, None, True
                     return snapshot

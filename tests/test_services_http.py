@@ -387,16 +387,17 @@ def test_reads_never_create_delete_ends_and_caps_hold(service: Service) -> None:
             with pytest.raises(SessionNotFound):
                 read(ghost)
         names = [f"cap{k}-{tag}" for k in range(3)]
-        live = _named_actors("tenant-b")
-        room = 2 - len(live)
+        store = RedisStore(service.store_url, namespace="tenant-b")
+        live = store.keys(prefix="session/robot/")  # a tenant's sessions are its records
+        room = max(0, 2 - len(live))
         for name in names[:room]:
             client.step(name, 0, _tokens(0), PREFIX)
         with pytest.raises(SessionLimitReached, match="cap is 2"):
             client.step(names[room], 0, _tokens(0), PREFIX)
-        assert not any(ghost in n for n in _named_actors("tenant-b"))
+        records = store.keys(prefix="session/robot/")
+        assert len(records) == 2 and not any(ghost in key for key in records)
         victim = names[0] if room else live[0].rsplit("/", 1)[1]
         key = SessionId(kind="robot", namespace="tenant-b", id=victim).store_key
-        store = RedisStore(service.store_url, namespace="tenant-b")
         assert store.get_tensors(key) is not None
         assert client.delete(victim) is True
         assert store.get_tensors(key) is None
@@ -405,15 +406,6 @@ def test_reads_never_create_delete_ends_and_caps_hold(service: Service) -> None:
         assert client.step(names[room], 0, _tokens(0), PREFIX).frames_in_memory == 0
     finally:
         serve.delete(settings.app_name)
-
-
-def _named_actors(namespace: str) -> list[str]:
-    prefix = f"tempomem/robot/{namespace}/"
-    return [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == RAY_NAMESPACE and a["name"].startswith(prefix)
-    ]
 
 
 # ------------------------------------------------------------------------------ fuzzing

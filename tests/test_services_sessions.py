@@ -1,8 +1,8 @@
-"""Session actors on a real Ray cluster and a real redis-server (issue 6, part A).
+"""Sessions on session hosts on a real Ray cluster and a real redis-server.
 
 One Ray instance for the module (``ray.init(num_cpus=2, include_dashboard=False)``, shut down
 at the end). Sessions share one ``PolicyWorker`` actor hosting a tiny random LLaMA, so the
-model is loaded once; each test kills the session actors it created when it ends.
+model is loaded once; each test kills the session hosts when it ends.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pydantic
 import pytest
@@ -21,7 +22,7 @@ import ray
 from kv_store import RedisStore
 from kv_store.redis_server import LocalRedisServer
 from memory import TempoFitConfig
-from services.client import AsyncTempomemClient, TempomemClient
+from services.client import AsyncTempomemClient, RayTransport, TempomemClient
 from services.policy_worker import WorkerSpec
 from services.schemas import SessionId, StepRequest, StepResponse
 from services.session import SessionConfig, StoreSpec
@@ -41,14 +42,28 @@ def ray_cluster() -> Iterator[None]:
         ray.shutdown()
 
 
+def _hosts() -> list[str]:
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == RAY_NAMESPACE and actor["name"].startswith("tempomem/host/")
+    ]
+
+
 @pytest.fixture
 def sessions(ray_cluster: None) -> Iterator[list[SessionId]]:
-    """Sessions a test registers here are killed (for good) when it ends."""
+    """The session hosts (and so every session) are killed for good when a test ends."""
     created: list[SessionId] = []
     yield created
-    for session in created:
+    for name in _hosts():
         with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor(session.actor_name, namespace=RAY_NAMESPACE))
+            ray.kill(ray.get_actor(name, namespace=RAY_NAMESPACE), no_restart=True)
+
+
+def _host_of(client: TempomemClient, name: str) -> object:
+    transport = client.transport
+    assert isinstance(transport, RayTransport)
+    return transport.handle(client.session_id(name))
 
 
 def _tokens(step: int) -> list[int]:
@@ -75,11 +90,10 @@ def _register(created: list[SessionId], client: TempomemClient | AsyncTempomemCl
 
 
 def _kill_and_wait_for_restart(client: TempomemClient, name: str) -> None:
-    """SIGKILL-like ``ray.kill`` of a session actor (restart allowed); return once the new
+    """SIGKILL-like ``ray.kill`` of the session's host (restart allowed); return once the new
     incarnation answers (it says ``restored``: the killed one had started empty)."""
     assert not client.summary(name).restored
-    handle = ray.get_actor(client.session_id(name).actor_name, namespace=RAY_NAMESPACE)
-    ray.kill(handle, no_restart=False)
+    ray.kill(_host_of(client, name), no_restart=False)
     deadline = time.monotonic() + 60
     while not client.summary(name).restored:
         assert time.monotonic() < deadline, "the session actor did not come back"
@@ -124,10 +138,11 @@ def test_malformed_requests_are_errors_naming_the_field(sessions: list[SessionId
     name = _register(sessions, client, "r1")
     with pytest.raises(ValueError, match=r"input_ids\[1\]"):
         client.step(name, 0, [1, 500, 3], prefix_len=2)
-    # The actor validates raw payloads too (requests from other transports).
-    handle = ray.get_actor(client.session_id(name).actor_name, namespace=RAY_NAMESPACE)
+    # The host validates raw payloads too (requests from other transports).
+    host: Any = _host_of(client, name)
+    raw = {"step_id": 0, "input_ids": [1], "prefix_len": 2}
     with pytest.raises(Exception, match="prefix_len"):
-        ray.get(handle.step.remote({"step_id": 0, "input_ids": [1], "prefix_len": 2}))
+        ray.get(host.step.remote(client.session_id(name).model_dump(), raw))
     assert client.step(name, 0, _tokens(0), PREFIX).frames_in_memory == 0
 
 
@@ -170,7 +185,7 @@ def test_replayed_step_id_returns_stored_response_and_is_not_applied(
 
 
 @pytest.mark.parametrize("placement", ["shared", "session"])
-def test_killed_session_actor_restarts_with_every_committed_step(
+def test_killed_session_host_restarts_with_every_committed_step(
     sessions: list[SessionId], redis_server: LocalRedisServer, placement: str
 ) -> None:
     tenant = f"tenant-k{uuid.uuid4().hex[:6]}"
@@ -286,7 +301,7 @@ def test_tenants_cannot_read_each_others_sessions(
     other = b.session_id(shared)
     with pytest.raises(PermissionError, match="namespace"):
         a.step(other, 1, _tokens(1), PREFIX)
-    assert a.session_id(shared).actor_name != other.actor_name
+    assert a.session_id(shared) != other
     view_a = RedisStore(redis_server.url, namespace=a.namespace)
     view_b = RedisStore(redis_server.url, namespace=b.namespace)
     try:

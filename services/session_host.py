@@ -1,0 +1,348 @@
+"""``SessionHost``: one Ray actor holds many sessions' memory (a bounded pool of them).
+
+A session used to be an actor of its own, a ~330 MB process (it imports torch), so any token
+holder could exhaust a host by naming new sessions. Now ``hosts`` named actors
+(``tempomem/host/{pool}/{i}``, restartable with ``max_restarts=-1``) share the sessions: a session
+goes to the host that rendezvous hashing picks (``host_index``: stable across restarts and the
+same in every process), and a host keeps ``services.session.SessionActor`` objects, one per
+session, with one policy backend (with ``placement="session"``, one model copy) and one store
+connection pool for all of them.
+
+Lifetimes. Only ``step`` and ``reset`` create a session (``SessionLimitReached`` past the
+tenant's cap, counted as session records in the tenant's store); reads and ``delete`` of a
+session that is neither held nor stored raise ``SessionNotFound``. A session idle for
+``idle_evict_s`` is written to the store and dropped from memory; it is restored on its next
+use. A restarted host holds nothing and restores each session from the store on its first use,
+so the guarantees of ``SessionActor`` hold as before: every committed step survives, and step
+ids replay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from kv_store import StoreUnavailable
+from kv_store.base import BaseStore
+from services.policy_backends import PolicyBackend, policy_backend
+from services.policy_worker import ModelFactory, WorkerSpec
+from services.schemas import SessionId, SessionLimitReached, SessionNotFound
+from services.session import ServeWorker, SessionActor, SessionConfig, StoreSpec
+
+log = logging.getLogger(__name__)
+
+#: Methods that only read a session (they never create one).
+READ_METHODS = frozenset({"elapsed", "summary", "metrics", "flush"})
+
+
+class HostSpec(BaseModel):
+    """The pool of session hosts. Every process of a deployment must use the same ``hosts``:
+    it decides which host holds a session."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hosts: int = Field(default=2, ge=1, le=1024, description="Session host actors.")
+    idle_evict_s: float | None = Field(
+        default=600.0,
+        gt=0,
+        description="A session unused this long is written to the store and dropped from "
+        "memory (restored on its next use). None: never.",
+    )
+    max_sessions_per_namespace: int | None = Field(
+        default=None, ge=1, description="Most sessions (records in the store) per tenant."
+    )
+    max_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Concurrent calls per host with a shared policy (1 with placement "
+        "'session': one model copy steps one session at a time).",
+    )
+
+
+def host_index(session: SessionId, hosts: int) -> int:
+    """The host of ``session`` among ``hosts``: rendezvous (highest random weight) hashing,
+    so growing the pool moves only the sessions the new host wins."""
+
+    def weight(index: int) -> int:
+        digest = hashlib.blake2b(f"{index}|{session}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
+
+    return max(range(hosts), key=weight)
+
+
+def pool_id(*specs: BaseModel | None) -> str:
+    """A short digest of the settings a pool's hosts are created with: clients with the same
+    store, worker, session and host settings share hosts; different settings never do (a host
+    created by one would otherwise serve the other with the wrong store or model)."""
+    text = json.dumps(
+        [None if s is None else s.model_dump(mode="json") for s in specs], sort_keys=True
+    )
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def host_name(pool: str, index: int) -> str:
+    return f"tempomem/host/{pool}/{index}"
+
+
+class SessionHost:
+    """Many sessions of a deployment (use as a Ray actor; see ``host_handle``).
+
+    Args mirror ``SessionActor``'s (shared by every session here) plus ``HostSpec``.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        store: StoreSpec | Mapping[str, Any] | None = None,
+        worker: WorkerSpec | Mapping[str, Any] | None = None,
+        config: SessionConfig | Mapping[str, Any] | None = None,
+        host: HostSpec | Mapping[str, Any] | None = None,
+        ray_namespace: str = "tempomem",
+        worker_factory: ModelFactory | None = None,
+        serve_worker: ServeWorker | Mapping[str, Any] | None = None,
+    ) -> None:
+        self.index = index
+        self.store_spec = StoreSpec.model_validate(store or {})
+        self.worker_spec = WorkerSpec.model_validate(worker or {})
+        self.config = SessionConfig.model_validate(config or {})
+        self.spec = HostSpec.model_validate(host or {})
+        self.ray_namespace = ray_namespace
+        self.serve_worker = (
+            None if serve_worker is None else ServeWorker.model_validate(serve_worker)
+        )
+        self._policy: PolicyBackend = policy_backend(
+            self.worker_spec,
+            ray_namespace=ray_namespace,
+            factory=worker_factory,
+            serve_deployment=None
+            if self.serve_worker is None
+            else (self.serve_worker.app, self.serve_worker.deployment),
+        )
+        self._root_store: BaseStore | None = None
+        self._stores: dict[str, BaseStore] = {}
+        self._sessions: OrderedDict[str, SessionActor] = OrderedDict()  # least recent first
+        self._last_used: dict[str, float] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the maps above, never held during a call
+        self._evictions = 0
+
+    # ---------------------------------------------------------------------------- calls
+
+    def step(self, session: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
+        return self._run(session, "step", request)
+
+    def reset(self, session: Mapping[str, Any], request: Mapping[str, Any] | None) -> Any:
+        return self._run(session, "reset", request)
+
+    def read(self, session: Mapping[str, Any], method: str) -> Any:
+        if method not in READ_METHODS:
+            raise ValueError(f"method must be one of {sorted(READ_METHODS)}, got {method!r}")
+        return self._run(session, method, None)
+
+    def delete(self, session: Mapping[str, Any]) -> bool:
+        """End a session: its record, its memory here (``SessionNotFound`` if unknown)."""
+        sid = SessionId.model_validate(session)
+        with self._session_lock(sid):
+            actor = self._held(sid) or self._restorable(sid)
+            deleted = actor.forget()
+            with self._lock:
+                self._drop(str(sid))
+            return deleted
+
+    def stats(self) -> dict[str, Any]:
+        """Sessions held, evictions so far, and this process's id (for benchmarks)."""
+        import os
+
+        with self._lock:
+            return {
+                "sessions": len(self._sessions),
+                "evictions": self._evictions,
+                "pid": os.getpid(),
+            }
+
+    def evict_idle(self, older_than_s: float | None = None) -> int:
+        """Write and drop the sessions unused for ``older_than_s`` (default: the spec's)."""
+        limit = self.spec.idle_evict_s if older_than_s is None else older_than_s
+        if limit is None:
+            return 0
+        now = time.monotonic()
+        idle = []
+        with self._lock:
+            for key in self._sessions:  # least recently used first: stop at the first in use
+                if now - self._last_used[key] < limit:
+                    break
+                idle.append(key)
+        evicted = 0
+        for key in idle:
+            lock = self._locks.get(key)
+            if lock is None or not lock.acquire(blocking=False):
+                continue  # in use right now: not idle after all
+            try:
+                with self._lock:
+                    actor = self._sessions.get(key)
+                if actor is None:
+                    continue
+                actor.close(timeout_s=max(1.0, 4 * self.store_spec.socket_timeout_s))
+                with self._lock:
+                    self._drop(key)
+                    self._evictions += 1
+                evicted += 1
+            finally:
+                lock.release()
+        return evicted
+
+    # ---------------------------------------------------------------------------- internals
+
+    def _run(self, session: Mapping[str, Any], method: str, payload: Any) -> Any:
+        sid = SessionId.model_validate(session)
+        self.evict_idle()
+        with self._session_lock(sid):
+            actor = self._held(sid)
+            if actor is None:
+                actor = self._restorable(sid) if method in READ_METHODS else self._open(sid)
+            call: Callable[..., Any] = getattr(actor, method)
+            return call() if payload is None and method in READ_METHODS else call(payload)
+
+    def _session_lock(self, sid: SessionId) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(str(sid), threading.Lock())
+
+    def _held(self, sid: SessionId) -> SessionActor | None:
+        key = str(sid)
+        with self._lock:
+            actor = self._sessions.get(key)
+            if actor is not None:
+                self._sessions.move_to_end(key)
+                self._last_used[key] = time.monotonic()
+            return actor
+
+    def _restorable(self, sid: SessionId) -> SessionActor:
+        """A session that is not held but has a record: restored. Else ``SessionNotFound``."""
+        try:
+            known = self._tenant_store(sid.namespace).exists(sid.store_key)
+        except StoreUnavailable as err:  # cannot tell whether it exists: answered as 503
+            raise ConnectionError(f"session {sid} is not in memory and {err}") from err
+        if not known:
+            raise SessionNotFound(f"session {sid} does not exist")
+        return self._open(sid, check_cap=False)
+
+    def _open(self, sid: SessionId, check_cap: bool = True) -> SessionActor:
+        store = self._tenant_store(sid.namespace)
+        try:
+            if check_cap and not store.exists(sid.store_key):
+                self._check_cap(sid, store)
+        except StoreUnavailable:
+            # The cap is counted in the store: with the store down the session starts
+            # degraded (memoryless) rather than not at all; it is counted once the store is back.
+            log.warning("%s: store unavailable, the tenant's cap is not checked", sid)
+        actor = SessionActor(
+            sid,
+            store=self.store_spec,
+            worker=self.worker_spec,
+            config=self.config,
+            ray_namespace=self.ray_namespace,
+            policy=self._policy,
+            tenant_store=store,
+        )
+        with self._lock:
+            self._sessions[str(sid)] = actor
+            self._last_used[str(sid)] = time.monotonic()
+        return actor
+
+    def _check_cap(self, sid: SessionId, store: BaseStore) -> None:
+        cap = self.spec.max_sessions_per_namespace
+        if cap is None:
+            return
+        live = len(store.keys(prefix=f"session/{sid.kind}/"))
+        if live >= cap:
+            raise SessionLimitReached(
+                f"namespace {sid.namespace!r} has {live} {sid.kind} sessions, its cap is {cap}: "
+                "delete one (DELETE /v1/sessions/{id}) before starting another"
+            )
+
+    def _tenant_store(self, namespace: str) -> BaseStore:
+        with self._lock:
+            store = self._stores.get(namespace)
+            if store is None:  # one connection pool for all tenants, a view per tenant
+                if self._root_store is None:
+                    self._root_store = self.store_spec.build(namespace)
+                store = self._root_store.with_namespace(namespace)
+                self._stores[namespace] = store
+            return store
+
+    def _drop(self, key: str) -> None:
+        self._sessions.pop(key, None)
+        self._last_used.pop(key, None)
+        self._locks.pop(key, None)
+
+
+def host_handle(
+    index: int,
+    *,
+    pool: str,
+    ray_namespace: str,
+    store: StoreSpec,
+    worker: WorkerSpec,
+    config: SessionConfig | None = None,
+    host: HostSpec | None = None,
+    worker_factory: ModelFactory | None = None,
+    detached: bool = False,
+    max_task_retries: int = 3,
+    serve_worker: ServeWorker | None = None,
+) -> Any:
+    """Session host ``index``'s named actor, created on first use (``get_if_exists=True``).
+
+    ``max_task_retries`` applies to ``step`` and the reads (idempotent per step id, so a step
+    that was running when the host died is safely re-run after the restart); ``reset`` and
+    ``delete`` are never retried. ``detached=True`` lets hosts outlive their creator.
+    """
+    spec = host or HostSpec()
+    concurrency = 1 if worker.placement == "session" else spec.max_concurrency
+    actor_cls: Callable[..., Any] = ray.remote(_RaySessionHost)
+    options: dict[str, Any] = {
+        "name": host_name(pool, index),
+        "namespace": ray_namespace,
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": max_task_retries,
+        "max_concurrency": concurrency,
+        "num_cpus": 0,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return actor_cls.options(**options).remote(  # type: ignore[attr-defined]
+        index,
+        store.model_dump(mode="json"),
+        worker.model_dump(mode="json"),
+        (config or SessionConfig()).model_dump(mode="json"),
+        spec.model_dump(mode="json"),
+        ray_namespace,
+        worker_factory,
+        None if serve_worker is None else serve_worker.model_dump(mode="json"),
+    )
+
+
+def _ray_method(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return cast(Callable[[Callable[..., Any]], Callable[..., Any]], ray.method(**options))
+
+
+class _RaySessionHost(SessionHost):
+    """``SessionHost`` with Ray per-method options: ``reset``/``delete`` are not retried."""
+
+    @_ray_method(max_task_retries=0)
+    def reset(self, session: Mapping[str, Any], request: Mapping[str, Any] | None) -> Any:
+        return super().reset(session, request)
+
+    @_ray_method(max_task_retries=0)
+    def delete(self, session: Mapping[str, Any]) -> bool:
+        return super().delete(session)
