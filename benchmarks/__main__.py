@@ -24,6 +24,7 @@ BENCHMARKS = {
     "episodic": ("Episodic memory (EM-LLM) on SmolLM2", "benchmarks.bench_episodic", "run"),
     "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
     "service": ("Service overhead and load", "benchmarks.bench_service", "run"),
+    "sessions": ("Sessions per process (session hosts)", "benchmarks.bench_sessions", "run"),
     "eval": ("Memory for frozen policies: evaluation on the tasks", "benchmarks.bench_eval", "run"),
 }
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"

@@ -11,10 +11,10 @@ connection pool for all of them.
 Lifetimes. Only ``step`` and ``reset`` create a session (``SessionLimitReached`` past the
 tenant's cap, counted as session records in the tenant's store); reads and ``delete`` of a
 session that is neither held nor stored raise ``SessionNotFound``. A session idle for
-``idle_evict_s`` is written to the store and dropped from memory; it is restored on its next
-use. A restarted host holds nothing and restores each session from the store on its first use,
-so the guarantees of ``SessionActor`` hold as before: every committed step survives, and step
-ids replay.
+``idle_evict_s`` is written to the store and dropped from memory (checked on every call and on
+a timer); it is restored on its next use. A restarted host holds nothing and restores each
+session from the store on its first use, so the guarantees of ``SessionActor`` hold as before:
+every committed step survives, and step ids replay.
 """
 
 from __future__ import annotations
@@ -135,6 +135,10 @@ class SessionHost:
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()  # guards the maps above, never held during a call
         self._evictions = 0
+        if self.spec.idle_evict_s is not None:  # evicts on a timer too, not only on calls
+            janitor = threading.Thread(target=self._evict_forever, name="tempomem-evict")
+            janitor.daemon = True
+            janitor.start()
 
     # ---------------------------------------------------------------------------- calls
 
@@ -202,6 +206,16 @@ class SessionHost:
         return evicted
 
     # ---------------------------------------------------------------------------- internals
+
+    def _evict_forever(self) -> None:
+        assert self.spec.idle_evict_s is not None
+        period = min(60.0, max(0.05, self.spec.idle_evict_s / 4))
+        while True:
+            time.sleep(period)
+            try:
+                self.evict_idle()
+            except Exception:  # a store error must not end the janitor
+                log.exception("idle eviction failed")
 
     def _run(self, session: Mapping[str, Any], method: str, payload: Any) -> Any:
         sid = SessionId.model_validate(session)

@@ -26,6 +26,7 @@ from services.client import AsyncTempomemClient, RayTransport, TempomemClient
 from services.policy_worker import WorkerSpec
 from services.schemas import SessionId, StepRequest, StepResponse
 from services.session import SessionConfig, StoreSpec
+from services.session_host import HostSpec
 
 RAY_NAMESPACE = f"tempomem-test-{uuid.uuid4().hex[:8]}"
 WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=4))
@@ -376,3 +377,36 @@ def test_service_runner_matches_the_in_process_runners(sessions: list[SessionId]
             if b.scores is not None:
                 assert a.scores == pytest.approx(b.scores, abs=1e-5)
         local.close()
+
+
+# ------------------------------------------------------------------------------ hosts
+
+
+def test_sessions_share_a_bounded_pool_of_hosts_and_idle_ones_are_evicted(
+    sessions: list[SessionId], redis_server: LocalRedisServer
+) -> None:
+    tenant = f"tenant-h{uuid.uuid4().hex[:6]}"
+    client = TempomemClient(
+        tenant,
+        store=redis_server.url,
+        worker=WORKER,
+        config=SessionConfig(max_lag_steps=0),
+        hosts=HostSpec(hosts=2, idle_evict_s=0.5),
+    )
+    names = [_register(sessions, client, f"s{k}") for k in range(6)]
+    for name in names:
+        for i in range(2):
+            _step(client, name, i)
+    assert len(_hosts()) <= 2  # six sessions, at most two actor processes
+    time.sleep(1.0)
+    _step(client, names[0], 2)  # any call evicts the idle sessions of its host
+    transport = client.transport
+    assert isinstance(transport, RayTransport)
+    evictions = sum(ray.get(h.stats.remote())["evictions"] for h in transport._handles.values())
+    assert evictions >= 1
+    for name in names[1:]:  # evicted or not, each comes back whole
+        summary = client.summary(name)
+        assert summary.last_step_id == 1 and summary.frames_in_memory == 2
+    restored = [client.summary(name).restored for name in names[1:]]
+    assert any(restored), "no session was restored from the store after eviction"
+    assert _step(client, names[1], 2).frames_in_memory == 2
