@@ -172,7 +172,9 @@ def test_no_output_of_a_run_carries_the_store_password(
     seen.append(served.output())
     ray_logs = [p for p in served.ray_dir.rglob("*") if p.is_file() and p.stat().st_size < 50e6]
     assert ray_logs, "no Ray logs found to check"
-    seen += [p.read_text(errors="replace") for p in ray_logs if p.suffix in (".log", ".out", ".err")]
+    seen += [
+        p.read_text(errors="replace") for p in ray_logs if p.suffix in (".log", ".out", ".err")
+    ]
     leaks = [text[max(0, text.find(PASSWORD) - 200) :][:400] for text in seen if PASSWORD in text]
     assert leaks == [], leaks
 

@@ -22,7 +22,7 @@ import ray
 from kv_store import RedisStore
 from kv_store.redis_server import LocalRedisServer
 from memory import TempoFitConfig
-from services.client import AsyncTempomemClient, RayTransport, TempomemClient
+from services.client import AsyncRayTransport, AsyncTempomemClient, RayTransport, TempomemClient
 from services.policy_worker import WorkerSpec
 from services.schemas import SessionId, StepRequest, StepResponse
 from services.session import SessionConfig, StoreSpec
@@ -410,3 +410,45 @@ def test_sessions_share_a_bounded_pool_of_hosts_and_idle_ones_are_evicted(
     restored = [client.summary(name).restored for name in names[1:]]
     assert any(restored), "no session was restored from the store after eviction"
     assert _step(client, names[1], 2).frames_in_memory == 2
+
+
+def test_a_host_killed_mid_burst_loses_no_committed_step(
+    sessions: list[SessionId], redis_server: LocalRedisServer
+) -> None:
+    """Four robots step concurrently; their host is killed in the middle of the burst. Ray
+    re-runs the interrupted calls on the restarted host (steps are idempotent by id), every
+    call gets an answer, and every session ends with all its steps committed, in order."""
+    tenant = f"tenant-c{uuid.uuid4().hex[:6]}"
+    client = AsyncTempomemClient(
+        tenant,
+        store=redis_server.url,
+        worker=WORKER,
+        config=SessionConfig(max_lag_steps=0),
+        hosts=HostSpec(hosts=1),
+    )
+    names = [_register(sessions, client, f"b{k}") for k in range(4)]
+    steps = 8
+
+    async def robot(name: str) -> list[StepResponse]:
+        return [await client.step(name, i, _tokens(i), PREFIX) for i in range(steps)]
+
+    async def burst() -> list[list[StepResponse]]:
+        robots = [asyncio.ensure_future(robot(name)) for name in names]
+        await asyncio.sleep(0.5)
+        transport = client.transport
+        assert isinstance(transport, AsyncRayTransport)
+        ray.kill(transport.sync.handle(client.session_id(names[0])), no_restart=False)
+        return await asyncio.gather(*robots)
+
+    answers = asyncio.run(burst())
+    sync = TempomemClient(
+        tenant,
+        store=redis_server.url,
+        worker=WORKER,
+        config=SessionConfig(max_lag_steps=0),
+        hosts=HostSpec(hosts=1),
+    )
+    for name, replies in zip(names, answers, strict=True):
+        assert [r.step_id for r in replies] == list(range(steps))
+        summary = sync.summary(name)
+        assert summary.committed_step_id == summary.last_step_id == steps - 1
