@@ -5,7 +5,10 @@
   the advisor to the fixed-TTL baseline (same tool choice, no coverage) in the same run.
 - Normalised alignment rate (balanced accuracy of call vs answer against `prefer_tool`) of the
   advisor and the always-call, never-call and fixed 30-minute TTL baselines, per sensitivity and
-  per domain.
+  per domain, on two labelled sets: the one written together with the first lexicon, and a blind
+  one (tests/data/toolcall_blind.jsonl) written by someone who had not read the advisor, and
+  committed before the advisor was reworked. The advisor's scores at that commit (555d04b) are
+  shown beside today's; they were measured then with `tempomem eval toolcalls`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,13 @@ from memory.temporal import (
 )
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "toolcall_trajectories.jsonl"
+BLIND = DATA.with_name("toolcall_blind.jsonl")
+#: The advisor's alignment rate at commit 555d04b (before the rework), per set.
+BEFORE = {DATA.name: 0.953, BLIND.name: 0.663}
+BEFORE_BY_CASE = (
+    "action 32/38, answerable_followup 32/89, explicit_freshness 33/37, horizon 73/103, "
+    "new_entity 17/19, retry_after_failure 30/35, unrelated_question 17/20"
+)
 
 
 def decision_latencies_s(rounds: int = 30) -> list[float]:
@@ -69,25 +79,63 @@ def run(rounds: int = 30) -> str:
             ttl(trajectory.messages, trajectory.tools)
 
     versus_ttl = compare(all_advisor, all_ttl, repeats=11)
-    reports = {
+    reports = _reports(trajectories, advisor, ttl)
+    advisor_report = reports["advisor"]
+    misses = "\n".join(f"- {miss}" for miss in advisor_report.misses) or "- none"
+    blind = load_trajectories(BLIND)
+    blind_reports = _reports(blind, ToolCallAdvisor(), ttl)
+    summary = [
+        "| set | decisions | advisor at 555d04b | advisor now | 30-min TTL | always | never |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path, found, rows in ((DATA, trajectories, reports), (BLIND, blind, blind_reports)):
+        rate = {name: report.confusion.alignment_rate for name, report in rows.items()}
+        summary.append(
+            f"| `{path.name}` | {len(found)} | {BEFORE[path.name]:.3f} | **{rate['advisor']:.3f}** "
+            f"| {rate['30-min TTL']:.3f} | {rate['always-call']:.3f} | {rate['never-call']:.3f} |"
+        )
+    by_case = _per_case(blind, blind_reports["advisor"].misses)
+    return (
+        "Normalised alignment rate on both labelled sets (the blind set was written without "
+        "reading the advisor and committed before it was reworked; nothing was tuned to it):\n\n"
+        + "\n".join(summary)
+        + "\n\nBlind set, advisor correct per scenario class: "
+        + ", ".join(f"{case} {right}/{total}" for case, (right, total) in by_case.items())
+        + f" (at 555d04b: {BEFORE_BY_CASE}).\n\n"
+        + (
+            f"Decision latency over {len(trajectories)} labelled trajectories x {rounds} rounds "
+            f"(horizons cached): median **{median_us:.1f} µs**, p99 **{p99_us:.1f} µs** "
+            "(target < 100 µs). Advisor / fixed-TTL baseline on the whole set: "
+            f"{versus_ttl.paired_ratio:.2f}x ({fmt_ms(versus_ttl.ours_s)} ms vs "
+            f"{fmt_ms(versus_ttl.baseline_s)} ms for {len(trajectories)} decisions).\n\n"
+            "Normalised alignment rate (balanced accuracy of call vs answer-directly against the "
+            "label; 0.5 = chance; lexicon horizons, no embedder):\n\n"
+            f"{format_reports(reports)}\n\nAdvisor confusion matrix:\n\n"
+            f"{format_confusion(advisor_report.confusion)}\n\nAdvisor misses:\n\n{misses}\n"
+        )
+    )
+
+
+def _reports(trajectories: list, advisor: ToolCallAdvisor, ttl: object) -> dict:
+    return {
         "advisor": evaluate(trajectories, advisor.decide),
         "always-call": evaluate(trajectories, always_call),
         "never-call": evaluate(trajectories, never_call),
-        "30-min TTL": evaluate(trajectories, ttl),
+        "30-min TTL": evaluate(trajectories, ttl),  # type: ignore[arg-type]
     }
-    advisor_report = reports["advisor"]
-    misses = "\n".join(f"- {miss}" for miss in advisor_report.misses) or "- none"
-    return (
-        f"Decision latency over {len(trajectories)} labelled trajectories x {rounds} rounds "
-        f"(horizons cached): median **{median_us:.1f} µs**, p99 **{p99_us:.1f} µs** "
-        "(target < 100 µs). Advisor / fixed-TTL baseline on the whole set: "
-        f"{versus_ttl.paired_ratio:.2f}x ({fmt_ms(versus_ttl.ours_s)} ms vs "
-        f"{fmt_ms(versus_ttl.baseline_s)} ms for {len(trajectories)} decisions).\n\n"
-        "Normalised alignment rate (balanced accuracy of call vs answer-directly against the "
-        "label; 0.5 = chance; lexicon horizons, no embedder):\n\n"
-        f"{format_reports(reports)}\n\nAdvisor confusion matrix:\n\n"
-        f"{format_confusion(advisor_report.confusion)}\n\nAdvisor misses:\n\n{misses}\n"
-    )
+
+
+def _per_case(trajectories: list, misses: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """(right, total) per scenario class (``case``) of a labelled set."""
+    missed = {miss.split(":", 1)[0] for miss in misses}
+    counts: dict[str, list[int]] = {}
+    for trajectory in trajectories:
+        case = str(getattr(trajectory, "case", "?"))
+        ident = str(getattr(trajectory, "id", ""))
+        right_total = counts.setdefault(case, [0, 0])
+        right_total[0] += ident not in missed
+        right_total[1] += 1
+    return {case: (right, total) for case, (right, total) in sorted(counts.items())}
 
 
 if __name__ == "__main__":

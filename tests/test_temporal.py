@@ -36,7 +36,7 @@ from memory.temporal import (
 from memory.temporal.horizons import stable_digest
 
 DATA = Path(__file__).parent / "data" / "toolcall_trajectories.jsonl"
-ADVISOR_FLOOR = 0.90  # measured 0.953 (lexicon only); a regression floor, not a target
+ADVISOR_FLOOR = 0.90  # measured 0.940 (lexicon only); a regression floor, not a target
 
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -158,8 +158,10 @@ def test_a_clock_going_backwards_is_an_error() -> None:
     messages = weather_conversation()
     with pytest.raises(ValueError, match="clock went backwards"):
         elapsed_signals(messages, now="2025-10-10T00:00:00Z")
-    with pytest.raises(ValueError, match="clock went backwards"):
-        ToolCallAdvisor(clock=SimClock(0.0)).decide(messages, [WEATHER_TOOL])
+    # The advisor never raises on a chat: it measures from the last message and says so.
+    decision = ToolCallAdvisor(clock=SimClock(0.0)).decide(messages, [WEATHER_TOOL])
+    assert "clock went backwards" in decision.reason and "clock_backwards" in decision.signals
+    assert decision.age_s == pytest.approx(3 * 86400 - 2)
 
 
 def test_item_ages() -> None:
@@ -307,8 +309,11 @@ def test_advisor_rule_on_simple_cases() -> None:
     assert advisor.decide(weather_conversation(), []).tool is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         stale.call_tool = False  # type: ignore[misc]
-    with pytest.raises(ValueError, match="no user message"):
-        advisor.decide(weather_conversation()[:1], [WEATHER_TOOL])
+    # A chat without a user message is advice on nothing (a decision, not an error).
+    nothing = advisor.decide(weather_conversation()[:1], [WEATHER_TOOL])
+    assert not nothing.call_tool and nothing.tool is None and "no user message" in nothing.reason
+    with pytest.raises(ValueError, match=r"not a chat|no messages"):
+        advisor.decide([], [WEATHER_TOOL])
 
 
 @pytest.fixture(scope="module")
@@ -430,4 +435,4 @@ def test_embeddings_infer_horizons_where_the_lexicon_is_silent(minilm: Any) -> N
 def test_advisor_with_embeddings_on_the_labelled_set(minilm: Any, trajectories: list[Any]) -> None:
     report = evaluate(trajectories, ToolCallAdvisor(embedder=minilm).decide)
     print(f"\nadvisor + MiniLM alignment rate {report.alignment_rate:.3f}")
-    assert report.alignment_rate >= 0.85  # measured 0.924: embeddings do not help on this set
+    assert report.alignment_rate >= 0.85  # measured 0.940: embeddings do not help on this set

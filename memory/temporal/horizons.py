@@ -1,22 +1,29 @@
 """Freshness horizon per tool: how long a tool's result stays true enough to answer from.
 
 A horizon is declared (`ToolSpec(horizon_s=...)`, `@fresh_for(seconds)`, or an `x-horizon-s`
-field in an OpenAI function spec) or inferred into a volatility class:
+field in an OpenAI function spec), described (the description states an update cadence:
+"updated every 5 minutes", "refreshed hourly"), or inferred into a volatility class:
 
     realtime 30 s · minutes 10 min · hours 6 h · days 3 d · static 1 year
 
 Inference reads the tool's name (weight 2), description and parameter names/descriptions
 (weight 1) against `LEXICON`: each keyword or two-word phrase votes for one or more classes with
-a weight. With an embedder, the cosine similarity of the spec to each class's prototype
-sentences is turned into a second vote (softmax, temperature `EMBED_TEMPERATURE`) and averaged
-with the lexicon's. The horizon is the vote-weighted geometric mean of the class horizons, so a
-"weather" tool (half minutes, half hours) gets about an hour; the class is the top vote (ties go
-to the more volatile class, because a needless call costs less than a stale answer). A tool with
-no vote at all gets `DEFAULT_CLASS` (minutes), for the same reason.
+a weight (live feeds vote minutes, trackers of slow processes such as orders, shipments and
+applications vote hours, published reference data votes static). With an embedder, the cosine
+similarity of the spec to each class's prototype sentences is turned into a second vote
+(softmax, temperature `EMBED_TEMPERATURE`) and averaged with the lexicon's. The horizon is the
+vote-weighted geometric mean of the class horizons, so a "weather" tool (half minutes, half
+hours) gets about an hour; the class is the top vote (ties go to the more volatile class,
+because a needless call costs less than a stale answer). A tool with no vote at all gets
+`DEFAULT_CLASS` (minutes), for the same reason.
+
+The advisor refines these per result: freshness the result declares wins, and re-calls teach
+a change rate (`rates.ChangeRateModel`) that replaces an inferred horizon once there is evidence.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -54,13 +61,18 @@ DEFAULT_CLASS = Volatility.MINUTES
 NAME_WEIGHT = 2.0
 EMBED_TEMPERATURE = 0.05
 HORIZON_FIELDS = ("x-horizon-s", "x_horizon_s", "horizon_s")
+SCHEMA_FIELDS = ("parameters", "inputSchema", "input_schema")
 
 R, MI, HO, DA, ST = CLASS_ORDER
 # keyword (singular, lower case; two words for a phrase) -> {class: weight}. General knowledge
 # about how fast things change, not fitted to any labelled data.
 LEXICON: dict[str, dict[Volatility, float]] = {
     # realtime: markets, sensors, moving things, anything "live"
-    "price": {R: 2.0},
+    "price": {R: 1.0, MI: 1.0, HO: 0.5},  # markets, fares, rooms: other words decide
+    "stock price": {R: 3.0},
+    "share price": {R: 3.0},
+    "crypto price": {R: 3.0},
+    "token price": {R: 3.0},
     "quote": {R: 3.0},
     "order book": {R: 4.0},
     "orderbook": {R: 4.0},
@@ -100,7 +112,7 @@ LEXICON: dict[str, dict[Volatility, float]] = {
     "occupancy": {MI: 2.0},
     "parking": {MI: 1.5},
     "inventory": {MI: 1.5, HO: 0.5},
-    "availability": {MI: 1.5, HO: 1.5},
+    "availability": {MI: 2.0, HO: 1.0},
     "available": {MI: 1.0, HO: 1.0},
     "inbox": {MI: 2.0},
     "balance": {MI: 1.5},
@@ -131,6 +143,8 @@ LEXICON: dict[str, dict[Volatility, float]] = {
     "address": {DA: 1.0, ST: 1.0},
     "profile": {DA: 2.0},
     "review": {DA: 1.5},
+    "rating": {DA: 1.0},
+    "hotel": {HO: 1.0, DA: 1.0},
     "report": {DA: 1.0},
     "statistic": {DA: 1.0},
     "product": {DA: 1.0},
@@ -138,8 +152,8 @@ LEXICON: dict[str, dict[Volatility, float]] = {
     "catalogue": {DA: 1.0, ST: 2.0},
     "specification": {DA: 1.0, ST: 1.0},
     "spec": {DA: 1.0, ST: 1.0},
-    "documentation": {DA: 2.0},
-    "faq": {DA: 2.0},
+    "documentation": {DA: 1.0, ST: 2.0},
+    "faq": {DA: 1.0, ST: 1.0},
     "guideline": {DA: 1.0, ST: 1.0},
     "policy": {DA: 1.0, ST: 1.0},
     # static: laws, definitions, reference knowledge
@@ -163,6 +177,65 @@ LEXICON: dict[str, dict[Volatility, float]] = {
     "recipe": {ST: 2.0},
     "biography": {ST: 2.0},
     "manual": {ST: 2.0},
+    # live feeds that change by the minute
+    "feed": {R: 1.0, MI: 1.0},
+    "stream": {R: 1.0, MI: 1.0},
+    "arrival": {MI: 2.0},
+    "next departure": {MI: 3.0},
+    "departure board": {MI: 3.0},
+    "dock": {MI: 2.0},
+    "charger": {MI: 2.0},
+    "crowd": {MI: 2.0},
+    "wait": {MI: 2.0},
+    "surge": {MI: 2.0},
+    "leaderboard": {MI: 2.0},
+    "odd": {R: 2.0, MI: 1.0},
+    "auction": {R: 1.0, MI: 1.0},
+    "server load": {R: 2.0},
+    "cpu": {R: 2.0},
+    "metric": {R: 1.0, MI: 1.0},
+    "outage": {MI: 2.0},
+    "incident": {MI: 2.0},
+    "alert": {MI: 2.0},
+    "seat": {MI: 1.0},
+    # slow processes tracked over hours: orders, shipments, jobs, applications, tickets
+    "tracking": {HO: 3.0},
+    "track": {HO: 1.0},
+    "shipment": {HO: 3.0},
+    "shipping": {HO: 2.0},
+    "parcel": {HO: 3.0},
+    "package": {HO: 1.5},
+    "delivery": {MI: 1.0, HO: 2.0},
+    "order": {HO: 1.0},
+    "order status": {HO: 2.0},
+    "job": {MI: 0.5, HO: 1.5},
+    "application": {HO: 1.0, DA: 1.0},
+    "claim": {HO: 1.0, DA: 1.0},
+    "refund": {HO: 1.0, DA: 1.0},
+    "ticket": {HO: 2.0},
+    "progress": {HO: 1.0},
+    # published reference data that rarely changes
+    "reference data": {ST: 3.0},
+    "api reference": {ST: 3.0},
+    "reference manual": {ST: 3.0},
+    "published": {DA: 1.0, ST: 2.0},
+    "publication": {ST: 2.0},
+    "paper": {ST: 2.0},
+    "doi": {ST: 3.0},
+    "isbn": {ST: 3.0},
+    "patent": {ST: 2.0},
+    "wiki": {DA: 1.0, ST: 2.0},
+    "archive": {ST: 2.0},
+    "holiday": {ST: 2.0},
+    "postal code": {ST: 3.0},
+    "zip code": {ST: 3.0},
+    "nutrition": {ST: 2.0},
+    "ingredient": {ST: 1.0},
+    "drug label": {ST: 2.0},
+    "rarely change": {ST: 3.0},
+    "never change": {ST: 3.0},
+    "static": {ST: 2.0},
+    "immutable": {ST: 3.0},
 }
 
 # Sentences describing each class, embedded once per embedder (when one is given).
@@ -176,11 +249,15 @@ CLASS_PROTOTYPES: dict[Volatility, tuple[str, ...]] = {
         "current traffic, queue length or wait time",
         "status of a flight, delivery or order that changes within minutes",
         "current currency exchange rate or seat availability",
+        "live departures board, bikes at a dock or free parking spaces right now",
+        "open incidents and alerts of a service, refreshed every minute",
     ),
     HO: (
         "latest news headlines about a topic",
         "weather forecast for today",
         "calendar events and today's schedule",
+        "tracking status of a shipped order or parcel on its way",
+        "progress of a long-running job, application or support ticket",
     ),
     DA: (
         "train timetable or opening hours",
@@ -191,12 +268,14 @@ CLASS_PROTOTYPES: dict[Volatility, tuple[str, ...]] = {
         "text of a law or regulation",
         "dictionary definition of a word",
         "historical facts, physical constants or encyclopedia article",
+        "published reference documentation, standards or a book's bibliographic record",
     ),
 }
 
 
 class ToolSpec(BaseModel):
-    """A tool as the advisor sees it; `horizon_s` declares how long its results stay fresh."""
+    """A tool as the advisor sees it; `horizon_s` declares how long its results stay fresh and
+    `annotations` carries MCP-style hints (`readOnlyHint`, `destructiveHint`, `idempotentHint`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -204,37 +283,68 @@ class ToolSpec(BaseModel):
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
     horizon_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    annotations: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
     def from_openai(cls, spec: Mapping[str, Any]) -> ToolSpec:
-        """From `{"type": "function", "function": {...}}` or a bare function dict.
+        """From `{"type": "function", "function": {...}}`, a bare function dict, an MCP tool
+        (`inputSchema`) or an Anthropic tool (`input_schema`).
 
         A horizon may be declared in `x-horizon-s` (or `x_horizon_s`, `horizon_s`) on the
-        function or on the outer dict.
+        function or on the outer dict; `annotations` may sit inside "function" or beside it.
         """
         if not isinstance(spec, Mapping):
             raise ValueError(f"tool spec must be a dict, got {type(spec).__name__}")
         function = spec.get("function", spec)
         if not isinstance(function, Mapping):
             raise ValueError("tool spec field 'function' must be a dict")
+        sources = (function, spec)
         horizon = next(
-            (
-                source[key]
-                for source in (function, spec)
-                for key in HORIZON_FIELDS
-                if source.get(key) is not None
-            ),
-            None,
+            (s[key] for s in sources for key in HORIZON_FIELDS if s.get(key) is not None), None
         )
+        parameters: Mapping[str, Any] = next(
+            (s[key] for s in sources for key in SCHEMA_FIELDS if isinstance(s.get(key), Mapping)),
+            {},
+        )
+        annotations: dict[str, Any] = {}
+        for source in reversed(sources):  # the function's own annotations win
+            found = source.get("annotations")
+            if isinstance(found, Mapping):
+                annotations.update(found)
         try:
             return cls(
                 name=function.get("name") or "",
                 description=function.get("description") or "",
-                parameters=function.get("parameters") or {},
+                parameters=dict(parameters),
                 horizon_s=horizon,
+                annotations=annotations,
             )
         except ValidationError as err:
             raise ValueError(f"tool spec {function.get('name')!r}: {err}") from None
+
+    @classmethod
+    def from_object(cls, tool: Any) -> ToolSpec:
+        """From a tool object with `name` and `description` attributes (a LangChain
+        `BaseTool`, an MCP `Tool` model, an Agents SDK `FunctionTool`)."""
+        schema = next(
+            (
+                value
+                for key in ("args_schema_json", "params_json_schema", "inputSchema", "input_schema")
+                if isinstance(value := getattr(tool, key, None), Mapping)
+            ),
+            {},
+        )
+        annotations = getattr(tool, "annotations", None)
+        if annotations is not None and not isinstance(annotations, Mapping):
+            dump = getattr(annotations, "model_dump", None)
+            annotations = dump(exclude_none=True) if callable(dump) else None
+        return cls(
+            name=str(tool.name),
+            description=str(getattr(tool, "description", "") or ""),
+            parameters=dict(schema),
+            horizon_s=getattr(tool, FRESH_FOR_ATTRIBUTE, None),
+            annotations=dict(annotations or {}),
+        )
 
     @classmethod
     def from_function(cls, fn: Callable[..., Any]) -> ToolSpec:
@@ -278,11 +388,14 @@ def fresh_for(seconds: float) -> Callable[[F], F]:
 
 
 def as_tool_spec(tool: ToolSpec | Mapping[str, Any] | Callable[..., Any]) -> ToolSpec:
-    """Any accepted tool form (ToolSpec, OpenAI dict, decorated function) as a ToolSpec."""
+    """Any accepted tool form (ToolSpec, OpenAI/MCP/Anthropic dict, tool object with a `name`,
+    decorated function) as a ToolSpec."""
     if isinstance(tool, ToolSpec):
         return tool
     if isinstance(tool, Mapping):
         return ToolSpec.from_openai(tool)
+    if isinstance(getattr(tool, "name", None), str) and not inspect.isroutine(tool):
+        return ToolSpec.from_object(tool)
     if callable(tool):
         return ToolSpec.from_function(tool)
     raise ValueError(f"cannot read a tool spec from {type(tool).__name__}")
@@ -300,7 +413,9 @@ class HorizonEstimate:
 
     horizon_s: float
     volatility: Volatility
-    source: str  # "declared" | "lexicon" | "embedding" | "lexicon+embedding" | "default"
+    # "declared" | "described" | "lexicon" | "embedding" | "lexicon+embedding" | "default"
+    # (the advisor adds "learned" and "result")
+    source: str
     votes: Mapping[Volatility, float]
 
 
@@ -310,7 +425,18 @@ _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 def words(text: str) -> list[str]:
     """Lower-case words of text, snake_case and camelCase split, crude plural folding."""
-    return [singular(w) for w in _WORD.findall(_CAMEL.sub(" ", text).lower())]
+    return list(word_tuple(text))
+
+
+@functools.lru_cache(maxsize=8192)
+def word_tuple(text: str) -> tuple[str, ...]:
+    """`words(text)` as a tuple, remembered per text (requests and results recur)."""
+    return tuple(singular(w) for w in _WORD.findall(_CAMEL.sub(" ", text).lower()))
+
+
+def wordset(text: str) -> frozenset[str]:
+    """The whitespace-separated words of `text` as a set (for word lists written as prose)."""
+    return frozenset(text.split())
 
 
 def singular(word: str) -> str:
@@ -378,7 +504,10 @@ class HorizonResolver:
 
     def _estimate(self, spec: ToolSpec) -> HorizonEstimate:
         if spec.horizon_s is not None:
-            return HorizonEstimate(spec.horizon_s, _closest_class(spec.horizon_s), "declared", {})
+            return HorizonEstimate(spec.horizon_s, closest_class(spec.horizon_s), "declared", {})
+        cadence = described_cadence_s(spec.description)
+        if cadence is not None:
+            return HorizonEstimate(cadence, closest_class(cadence), "described", {})
         lexical = lexicon_votes(spec)
         lexical_total = sum(lexical.values())
         if self.embedder is None:
@@ -410,6 +539,37 @@ class HorizonResolver:
         return {c: float(w) for c, w in zip(CLASS_ORDER, weights, strict=True)}
 
 
-def _closest_class(horizon_s: float) -> Volatility:
+_UNIT_S = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0, "week": 7 * 86400.0}
+_UNIT_S |= {"month": 30 * 86400.0, "quarter": 91 * 86400.0, "year": 365 * 86400.0}
+_ADVERB_S = {"hourly": 3600.0, "daily": 86400.0, "nightly": 86400.0, "weekly": 7 * 86400.0}
+_ADVERB_S |= {"monthly": 30 * 86400.0, "quarterly": 91 * 86400.0, "yearly": 365 * 86400.0}
+_ADVERB_S |= {"annually": 365 * 86400.0}
+_UPDATE = (
+    r"(?:updated?|updates|refresh(?:ed|es)?|chang(?:es|ed)|recomputed|recalculated|published|"
+    r"revised|polled|sampled)"
+)
+_EVERY = re.compile(
+    _UPDATE + r"\s+(?:about\s+|roughly\s+|approximately\s+)?(?:every|each|once\s+(?:an?|per|every))"
+    r"\s+(?:(\d+(?:\.\d+)?)\s*)?(second|sec|minute|min|hour|hr|day|week|month|quarter|year)s?\b"
+)
+_ADVERB = re.compile(_UPDATE + r"\s+(" + "|".join(_ADVERB_S) + r")\b")
+_SHORT_UNIT = {"sec": "second", "min": "minute", "hr": "hour"}
+
+
+def described_cadence_s(description: str) -> float | None:
+    """The update interval a description states ("updated every 5 minutes", "refreshed
+    hourly", "published once a year"), in seconds; None when it states none."""
+    text = description.lower()
+    match = _EVERY.search(text)
+    if match:
+        unit = _SHORT_UNIT.get(match.group(2), match.group(2))
+        return float(match.group(1) or 1.0) * _UNIT_S[unit] or None
+    match = _ADVERB.search(text)
+    return _ADVERB_S[match.group(1)] if match else None
+
+
+def closest_class(horizon_s: float) -> Volatility:
     """The class whose horizon is nearest on a log scale (for reporting declared horizons)."""
+    if horizon_s <= 0:
+        return Volatility.REALTIME
     return min(CLASS_ORDER, key=lambda c: abs(math.log(CLASS_HORIZON_S[c] / horizon_s)))

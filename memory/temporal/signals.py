@@ -7,6 +7,8 @@ The host computes how long ago things happened, so the model does not have to do
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -150,20 +152,35 @@ def resolve_now(
     return current
 
 
-def parse_arguments(raw: Any, index: int) -> dict[str, Any]:
-    """A tool call's arguments (a JSON string, per OpenAI, or already a dict) as a dict."""
+def parse_arguments(raw: Any, index: int | None = None) -> dict[str, Any]:
+    """A tool call's arguments as a dict: a dict as is; a JSON object string (OpenAI); a Python
+    literal dict string (`{'city': 'Oslo'}`, read with `ast.literal_eval`, never `eval`); any
+    other value as `{"input": value}` (LangChain's name for a single-string tool input).
+
+    `index` is kept for callers of the strict version; nothing here raises."""
     if raw is None or raw == "":
         return {}
     if isinstance(raw, Mapping):
         return dict(raw)
     if isinstance(raw, str):
+        return dict(_string_arguments(raw))
+    return {"input": raw}
+
+
+@functools.lru_cache(maxsize=4096)
+def _string_arguments(raw: str) -> tuple[tuple[str, Any], ...]:
+    text = raw.strip()
+    parsed: Any = raw
+    try:
+        parsed = json.loads(text)
+    except ValueError:
         try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"message {index}: tool call arguments are not JSON: {err}") from None
-        if isinstance(parsed, dict):
-            return parsed
-    raise ValueError(f"message {index}: tool call arguments must be a JSON object, got {raw!r}")
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            parsed = raw
+    if isinstance(parsed, dict):
+        return tuple((str(key), value) for key, value in parsed.items())
+    return (("input", parsed),)
 
 
 def elapsed_signals(
