@@ -148,6 +148,23 @@ class ServeWorker(BaseModel):
     deployment: str = Field(default="PolicyDeployment", min_length=1, max_length=128)
 
 
+def build_policy(
+    worker: WorkerSpec,
+    ray_namespace: str,
+    factory: ModelFactory | None,
+    serve_worker: ServeWorker | None,
+) -> PolicyBackend:
+    """The policy backend of a session (or of a host's sessions): see ``policy_backend``."""
+    return policy_backend(
+        worker,
+        ray_namespace=ray_namespace,
+        factory=factory,
+        serve_deployment=None
+        if serve_worker is None
+        else (serve_worker.app, serve_worker.deployment),
+    )
+
+
 class SessionActor:
     """The memory of one robot or agent session (use as a Ray actor; see ``session_handle``).
 
@@ -188,13 +205,8 @@ class SessionActor:
         self.serve_worker = (
             None if serve_worker is None else ServeWorker.model_validate(serve_worker)
         )
-        self._policy: PolicyBackend = policy or policy_backend(
-            self.worker_spec,
-            ray_namespace=ray_namespace,
-            factory=worker_factory,
-            serve_deployment=None
-            if self.serve_worker is None
-            else (self.serve_worker.app, self.serve_worker.deployment),
+        self._policy: PolicyBackend = policy or build_policy(
+            self.worker_spec, ray_namespace, worker_factory, self.serve_worker
         )
         self._store = tenant_store or self.store_spec.build(self.session_id.namespace)
         self._key = self.session_id.store_key

@@ -33,10 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kv_store import StoreUnavailable
 from kv_store.base import BaseStore
-from services.policy_backends import PolicyBackend, policy_backend
+from services.policy_backends import PolicyBackend
 from services.policy_worker import ModelFactory, WorkerSpec
 from services.schemas import SessionId, SessionLimitReached, SessionNotFound
-from services.session import ServeWorker, SessionActor, SessionConfig, StoreSpec
+from services.session import (
+    ServeWorker,
+    SessionActor,
+    SessionConfig,
+    StoreSpec,
+    build_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +126,8 @@ class SessionHost:
         self.serve_worker = (
             None if serve_worker is None else ServeWorker.model_validate(serve_worker)
         )
-        self._policy: PolicyBackend = policy_backend(
-            self.worker_spec,
-            ray_namespace=ray_namespace,
-            factory=worker_factory,
-            serve_deployment=None
-            if self.serve_worker is None
-            else (self.serve_worker.app, self.serve_worker.deployment),
+        self._policy: PolicyBackend = build_policy(
+            self.worker_spec, ray_namespace, worker_factory, self.serve_worker
         )
         self._root_store: BaseStore | None = None
         self._stores: dict[str, BaseStore] = {}
