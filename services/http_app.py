@@ -37,23 +37,30 @@ actors + the batched policy deployment) and mounts this app as the Serve ingress
 """
 
 import asyncio
-import hmac
 import math
-import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, Field
 
+from services.agent_schemas import (
+    AdviseRequest,
+    AdviseResponse,
+    AgentEventRequest,
+    AgentEventResponse,
+    decision_dict,
+)
+from services.body_limit import BodyLimit
+from services.http_auth import HttpSettings, Tenancy, check_token
+from services.http_metrics import Metrics
 from services.schemas import (
     AGENT_ID_PATTERN,
     NAME_PATTERN,
-    NAMESPACE_HEADER,
     ElapsedResponse,
     ResetRequest,
     ResetResponse,
@@ -66,106 +73,7 @@ from services.schemas import (
     StepResponse,
 )
 
-DEFAULT_NAMESPACE = "default"
-DEFAULT_MAX_BODY_BYTES = 1 << 20
-#: Upper bounds (seconds) of the step latency histogram buckets.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-MAX_TOOLS = 128
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-MIN_TOKEN_CHARS = 16
-MAX_TOKEN_CHARS = 512
-_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/=-]+")
-
-
-def check_token(token: str, where: str = "token") -> str:
-    """A bearer token is 16..512 URL-safe characters (RFC 6750's token68 alphabet, no ':').
-    The error never shows the token."""
-    if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS:
-        raise ValueError(
-            f"{where}: a token needs {MIN_TOKEN_CHARS}..{MAX_TOKEN_CHARS} characters, "
-            f"this one has {len(token)}"
-        )
-    if not _TOKEN_PATTERN.fullmatch(token):
-        raise ValueError(f"{where}: a token may hold only letters, digits and ._~+/=-")
-    return token
-
-
-class HttpSettings(BaseModel):
-    """Authentication and limits of the HTTP app."""
-
-    # Tokens are secrets: never in a repr or in a validation error's echo of the input.
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-    tokens: dict[str, Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
-        default_factory=dict,
-        repr=False,
-        description="Bearer token -> namespace. Empty: no auth; namespace from the header.",
-    )
-    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024, le=64 << 20)
-
-    @field_validator("tokens")
-    @classmethod
-    def _strong_tokens(cls, tokens: dict[str, str]) -> dict[str, str]:
-        for number, token in enumerate(tokens, start=1):
-            check_token(token, f"token #{number}")
-        return tokens
-
-
 # ------------------------------------------------------------------------------ agent schemas
-
-
-class AgentEventRequest(BaseModel):
-    """One agent event (see ``services.agent_log.AgentEventLog``); fields by ``kind``:
-    ``message`` needs ``message``; ``tool_call`` needs ``name`` (``arguments``, ``call_id``
-    optional); ``tool_result`` needs ``call_id`` and ``content`` (``name``, ``cached``);
-    ``llm_start`` takes ``model``. ``t``: seconds since the epoch or ISO-8601; default now."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    kind: Literal["message", "tool_call", "tool_result", "llm_start"]
-    message: dict[str, JsonValue] | None = None
-    name: str | None = Field(default=None, min_length=1, max_length=128)
-    arguments: dict[str, JsonValue] | str | None = None
-    call_id: str | None = Field(default=None, min_length=1, max_length=128)
-    content: JsonValue = None
-    cached: bool = False
-    model: str | None = Field(default=None, max_length=128)
-    t: float | str | None = Field(default=None, description="Epoch seconds or ISO-8601.")
-
-
-class AgentEventResponse(BaseModel):
-    session_id: str
-    id: str = Field(description="The event id (or, for tool_call, the call id).")
-
-
-class AdviseRequest(BaseModel):
-    """Advice on the session's last user message: call a tool, or answer directly?"""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tools: list[dict[str, JsonValue]] = Field(
-        default_factory=list, max_length=MAX_TOOLS, description="OpenAI function specs."
-    )
-    now: float | str | None = Field(default=None, description="Epoch seconds or ISO-8601.")
-
-
-class AdviseResponse(BaseModel):
-    session_id: str
-    call_tool: bool
-    tool: str | None
-    age_s: float | None
-    horizon_s: float | None
-    coverage: bool | None = None
-    reason: str
-    volatility: str | None = None
-    horizon_source: str | None = None
 
 
 class Health(BaseModel):
@@ -212,151 +120,7 @@ class ServiceUnavailable(Exception):
 # ------------------------------------------------------------------------------ metrics
 
 
-class Metrics:
-    """Counters and a histogram in the Prometheus text format (this process's view)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.steps = 0
-        self.degraded_steps = 0
-        self.replayed_steps = 0
-        self.buckets = [0] * len(LATENCY_BUCKETS)
-        self.latency_sum = 0.0
-        self.latency_count = 0
-
-    def request(self, method: str, route: str, status: int) -> None:
-        with self._lock:
-            key = (method, route, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-
-    def step(self, response: StepResponse, seconds: float) -> None:
-        with self._lock:
-            self.steps += 1
-            self.degraded_steps += int(response.degraded)
-            self.replayed_steps += int(response.replayed)
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    self.buckets[i] += 1
-            self.latency_sum += seconds
-            self.latency_count += 1
-
-    def render(self) -> str:
-        with self._lock:
-            lines = [
-                "# HELP tempomem_steps_total Steps answered over HTTP (replays included).",
-                "# TYPE tempomem_steps_total counter",
-                f"tempomem_steps_total {self.steps}",
-                "# HELP tempomem_degraded_steps_total Steps that ran memoryless (store down).",
-                "# TYPE tempomem_degraded_steps_total counter",
-                f"tempomem_degraded_steps_total {self.degraded_steps}",
-                "# HELP tempomem_replayed_steps_total Steps answered from the replay window.",
-                "# TYPE tempomem_replayed_steps_total counter",
-                f"tempomem_replayed_steps_total {self.replayed_steps}",
-                "# HELP tempomem_step_latency_seconds Step latency inside the HTTP app.",
-                "# TYPE tempomem_step_latency_seconds histogram",
-            ]
-            for bound, count in zip(LATENCY_BUCKETS, self.buckets, strict=True):
-                lines.append(f'tempomem_step_latency_seconds_bucket{{le="{bound}"}} {count}')
-            lines += [
-                f'tempomem_step_latency_seconds_bucket{{le="+Inf"}} {self.latency_count}',
-                f"tempomem_step_latency_seconds_sum {self.latency_sum:.6f}",
-                f"tempomem_step_latency_seconds_count {self.latency_count}",
-                "# HELP tempomem_http_requests_total HTTP requests by method, route, status.",
-                "# TYPE tempomem_http_requests_total counter",
-            ]
-            for (method, route, status), count in sorted(self.requests.items()):
-                lines.append(
-                    f'tempomem_http_requests_total{{method="{method}",route="{route}",'
-                    f'status="{status}"}} {count}'
-                )
-        return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------------------ middleware
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes`` (declared or streamed), before any
-    parsing; counts every response in ``metrics``."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics) -> None:
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status_seen: list[int] = []
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_seen.append(int(message["status"]))
-            await send(message)
-
-        try:
-            await self._handle(scope, receive, counting_send)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.request(
-                scope.get("method", "?"), path, status_seen[0] if status_seen else 500
-            )
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _too_large(send, "invalid Content-Length")
-                    return
-                if declared > self.max_bytes:
-                    await _too_large(send, f"body of {declared} bytes > {self.max_bytes}")
-                    return
-        if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await _too_large(send, f"body over {self.max_bytes} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-async def _too_large(send: Send, detail: str) -> None:
-    body = JSONResponse({"detail": f"request body too large: {detail}"}).body
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # ------------------------------------------------------------------------------ the app
@@ -410,34 +174,7 @@ def create_app(
         found: Backend = state["backend"]
         return found
 
-    def namespace_of(request: Request) -> str:
-        header = request.headers.get(NAMESPACE_HEADER)
-        if settings.tokens:
-            auth = request.headers.get("authorization", "")
-            scheme, _, token = auth.partition(" ")
-            namespace = None
-            if scheme.lower() == "bearer" and token:
-                for known, ns in settings.tokens.items():
-                    if hmac.compare_digest(known.encode(), token.strip().encode()):
-                        namespace = ns
-            if namespace is None:
-                raise HTTPException(
-                    401,
-                    "missing or invalid bearer token",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-            if header is not None and header != namespace:
-                raise HTTPException(403, f"this token belongs to another namespace than {header!r}")
-            return namespace
-        namespace = header or DEFAULT_NAMESPACE
-        try:
-            SessionId(kind="robot", namespace=namespace, id="probe")
-        except ValueError:
-            raise HTTPException(
-                422, f"header {NAMESPACE_HEADER} must match {NAME_PATTERN}"
-            ) from None
-        return namespace
-
+    namespace_of = Tenancy(settings.tokens)
     Namespace = Annotated[str, Depends(namespace_of)]
 
     async def call(session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
@@ -552,7 +289,7 @@ def create_app(
     async def prometheus(request: Request) -> PlainTextResponse:
         """Prometheus text format (this replica's counters)."""
         if settings.tokens:
-            namespace_of(request)
+            namespace_of(request)  # 401/403 unless the token is valid
         return PlainTextResponse(
             metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
@@ -580,19 +317,22 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def decision_dict(decision: Any) -> dict[str, Any]:
-    """A ``memory.temporal.Decision`` as JSON-safe fields of ``AdviseResponse``."""
-    fields = ("call_tool", "tool", "age_s", "horizon_s", "coverage", "reason")
-    out = {name: getattr(decision, name) for name in fields}
-    out["volatility"] = getattr(decision, "volatility", None)
-    out["horizon_source"] = getattr(decision, "horizon_source", None)
-    for name in ("age_s", "horizon_s"):
-        value = out[name]
-        if value is not None and not math.isfinite(float(value)):
-            out[name] = None
-    return out
-
-
 async def run_sync(fn: Callable[[], Any]) -> Any:
     """Run blocking work (store calls) off the event loop."""
     return await asyncio.to_thread(fn)
+
+
+__all__ = [
+    "AdviseRequest",
+    "AdviseResponse",
+    "AgentEventRequest",
+    "AgentEventResponse",
+    "Backend",
+    "HttpSettings",
+    "ServiceUnavailable",
+    "check_token",
+    "create_app",
+    "decision_dict",
+    "json_safe",
+    "run_sync",
+]
