@@ -51,7 +51,6 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kv_store import CorruptRecord, LocalStore, RedisStore, StoreUnavailable, store_kind
 from kv_store.base import BaseStore
 from kv_store.state import join_state
+from services.episode import EpisodeRecord
 from services.policy_backends import PolicyBackend, policy_backend
 from services.policy_worker import ModelFactory, StepOutput, WorkerSpec
 from services.schemas import (
@@ -219,14 +219,7 @@ class SessionActor:
         )
 
         self._memory: Any = None  # the policy backend's form of the session's memory
-        self._frames = 0
-        self._episode = 0
-        self._last_step_id: int | None = None
-        self._responses: OrderedDict[int, dict[str, Any]] = OrderedDict()
-        self._digests: dict[int, str] = {}  # step id -> request digest, for the replay window
-        self._last_t: float | None = None  # the last applied step's frame time (this episode)
-        self._last_step_wall: float | None = None
-        self._reset_wall = time.time()
+        self.episode = EpisodeRecord()
         self._version = 0
         self._reset_since_start = False
         self.restored = False
@@ -261,21 +254,19 @@ class SessionActor:
         start = time.perf_counter()
         req = StepRequest.model_validate(request)
         digest = request_digest(req)
-        if self._last_step_id is not None and req.step_id <= self._last_step_id:
+        last = self.episode.last_step_id
+        if last is not None and req.step_id <= last:
             return self._replay(req.step_id, digest)
         self._check_time(req.t)
         healthy = self._store_usable()
         output, new_memory, worker_ms = self._run_worker(req, healthy)
         if healthy:
             self._memory = new_memory
-            self._frames = output.frames_after
+            self.episode.frames = output.frames_after
         else:
             self._metrics["degraded_steps"] += 1
         self._metrics["steps"] += 1
-        self._last_step_id = req.step_id
-        self._last_t = req.t if req.t is not None else self._last_t
-        self._digests[req.step_id] = digest
-        self._last_step_wall = time.time()
+        self.episode.applied(req.step_id, req.t, digest)
         committed = False
         store_ms = 0.0
         response = self._response(req.step_id, output, degraded=not healthy)
@@ -299,33 +290,27 @@ class SessionActor:
         ResetRequest.model_validate(request or {})
         healthy = self._store_usable()
         self._memory = None
-        self._frames = 0
-        self._episode += 1
-        self._last_step_id = None
-        self._responses.clear()
-        self._digests.clear()
-        self._last_t = None
-        self._last_step_wall = None
-        self._reset_wall = time.time()
+        self.episode = self.episode.next_episode()
         self._reset_since_start = True
         # Submitted even when the store is down: the writer holds it until the store is back,
         # so a reset during an outage is never undone by an older pending snapshot.
         self._writer.submit(self._snapshot())
         committed = healthy and self._writer.flush(self.config.store_budget_s)
         response = ResetResponse(
-            session_id=str(self.session_id), episode=self._episode, degraded=not committed
+            session_id=str(self.session_id), episode=self.episode.number, degraded=not committed
         )
         return response.model_dump(mode="json")
 
     def elapsed(self) -> dict[str, Any]:
         """Seconds since the last step and since the episode began (host wall clock)."""
         now = time.time()
-        since_step = None if self._last_step_wall is None else now - self._last_step_wall
+        last_wall = self.episode.last_step_wall
+        since_step = None if last_wall is None else now - last_wall
         return ElapsedResponse(
             session_id=str(self.session_id),
             since_last_step_s=since_step,
-            since_reset_s=now - self._reset_wall,
-            last_step_id=self._last_step_id,
+            since_reset_s=now - self.episode.reset_wall,
+            last_step_id=self.episode.last_step_id,
         ).model_dump(mode="json")
 
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -338,10 +323,10 @@ class SessionActor:
         writer = self._writer.status()
         return SessionSummary(
             session_id=str(self.session_id),
-            episode=self._episode,
-            last_step_id=self._last_step_id,
+            episode=self.episode.number,
+            last_step_id=self.episode.last_step_id,
             committed_step_id=writer.committed_step_id,
-            frames_in_memory=self._frames,
+            frames_in_memory=self.episode.frames,
             degraded=not writer.available or self._needs_restore,
             pending_writes=self._version - writer.committed_version if writer.pending else 0,
             restored=self.restored,
@@ -381,7 +366,7 @@ class SessionActor:
             step_id=step_id,
             session_id=str(self.session_id),
             degraded=degraded,
-            episode=self._episode,
+            episode=self.episode.number,
             frames_in_memory=output.frames_in_memory,
             top_k_ids=output.top_k_ids,
             top_k_logits=output.top_k_logits,
@@ -389,32 +374,26 @@ class SessionActor:
         )
 
     def _remember(self, step_id: int, response: StepResponse) -> None:
-        self._responses[step_id] = response.model_dump(mode="json")
-        self._trim_replay_window()
-
-    def _trim_replay_window(self) -> None:
-        while len(self._responses) > self.config.replay_window:
-            self._responses.popitem(last=False)
-        for step_id in [i for i in self._digests if i not in self._responses]:
-            del self._digests[step_id]
+        self.episode.remember(step_id, response.model_dump(mode="json"), self.config.replay_window)
 
     def _replay(self, step_id: int, digest: str) -> dict[str, Any]:
-        stored = self._responses.get(step_id)
-        last = self._last_step_id
+        responses = self.episode.responses
+        stored = responses.get(step_id)
+        last = self.episode.last_step_id
         if stored is None:
-            oldest = min(self._responses) if self._responses else None
+            oldest = min(responses) if responses else None
             if oldest is not None and step_id > oldest:
                 raise StepConflict(
                     f"step_id {step_id} was never answered in this episode, and step ids must "
                     f"strictly increase (last answered: {last}); send a step id above {last}"
                 )
-            kept = f"{oldest}..{max(self._responses)}" if oldest is not None else "none"
+            kept = f"{oldest}..{max(responses)}" if oldest is not None else "none"
             raise StepConflict(
                 f"step_id {step_id} is not above the last answered step id {last} and is not in "
                 f"the replay window (kept: {kept}), so it cannot be replayed; send a step id "
                 f"above {last}, or reset the session to start a new episode"
             )
-        known = self._digests.get(step_id)
+        known = self.episode.digests.get(step_id)
         if known is not None and known != digest:
             raise StepConflict(
                 f"step_id {step_id} was answered for a different request; a retry must resend "
@@ -424,9 +403,10 @@ class SessionActor:
         return {**stored, "replayed": True}
 
     def _check_time(self, t: float | None) -> None:
-        if t is not None and self._last_t is not None and t < self._last_t:
+        last_t = self.episode.last_t
+        if t is not None and last_t is not None and t < last_t:
             raise ValueError(
-                f"t = {t:g} is earlier than the last step's t = {self._last_t:g}: frame times may "
+                f"t = {t:g} is earlier than the last step's t = {last_t:g}: frame times may "
                 "not go backwards within an episode. To restart the clock, reset the session "
                 f"(POST /v1/sessions/{self.session_id.id}/reset, or client.reset(...)) first"
             )
@@ -452,19 +432,9 @@ class SessionActor:
 
     def _snapshot(self) -> Snapshot:
         self._version += 1
-        meta = {
-            "format": RECORD_FORMAT,
-            "session_id": str(self.session_id),
-            "episode": self._episode,
-            "last_step_id": self._last_step_id,
-            "frames": self._frames,
-            "last_step_wall": self._last_step_wall,
-            "reset_wall": self._reset_wall,
-            "last_t": self._last_t,
-            "responses": {str(k): v for k, v in self._responses.items()},
-            "digests": {str(k): v for k, v in self._digests.items()},
-        }
-        return Snapshot(self._version, self._last_step_id, self._memory, meta)
+        meta = {"format": RECORD_FORMAT, "session_id": str(self.session_id)}
+        meta.update(self.episode.to_meta())
+        return Snapshot(self._version, self.episode.last_step_id, self._memory, meta)
 
     def _store_usable(self) -> bool:
         """True if a step may use memory now. No store I/O here while the store is sick: the
@@ -508,31 +478,13 @@ class SessionActor:
         if plain is not None:
             state = {k.removeprefix(MEMORY_PREFIX): v for k, v in tensors.items()}
             memory = self._policy.from_state(join_state(state, plain, f"record {self._key!r}"))
-        degraded_answers = dict(self._responses)
-        degraded_digests = dict(self._digests)
+        live = self.episode
         self._memory = memory
-        self._frames = int(meta.get("frames", 0))
-        self._episode = int(meta.get("episode", 0))
-        stored_last = meta.get("last_step_id")
-        last_ids = [i for i in (stored_last, self._last_step_id) if i is not None]
-        self._last_step_id = max(last_ids) if last_ids else None
-        self._responses = OrderedDict(
-            sorted(
-                [(int(k), v) for k, v in meta.get("responses", {}).items()]
-                + list(degraded_answers.items())
-            )
-        )
-        self._digests = {int(k): str(v) for k, v in (meta.get("digests") or {}).items()}
-        self._digests.update(degraded_digests)
-        self._trim_replay_window()
-        stored_t = meta.get("last_t")
-        times = [x for x in (stored_t, self._last_t) if x is not None]
-        self._last_t = max(times) if times else None
-        self._last_step_wall = meta.get("last_step_wall") or self._last_step_wall
-        self._reset_wall = float(meta.get("reset_wall", self._reset_wall))
-        self._writer.set_committed(stored_last)
+        stored = EpisodeRecord.from_meta(meta, reset_wall=live.reset_wall)
+        self.episode = stored.merged_with_answers_of(live, self.config.replay_window)
+        self._writer.set_committed(stored.last_step_id)
         self.restored = True
-        if degraded_answers:
+        if live.responses:
             self._writer.submit(self._snapshot())
 
 
