@@ -31,6 +31,7 @@ import torch
 
 from envs.frozen_policy import Frame, FrozenPolicy
 from memory import EpisodicConfig, TempoFitConfig
+from memory.episodic.checks import is_int
 
 MemoryKind = Literal["none", "tempofit", "episodic", "stacking"]
 MEMORY_KINDS: tuple[MemoryKind, ...] = ("none", "tempofit", "episodic", "stacking")
@@ -201,7 +202,7 @@ class StackingRunner(MemoryRunner):
 
     def __init__(self, policy: FrozenPolicy, k: int = 4) -> None:
         super().__init__(policy)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if not is_int(k) or k < 1:
             raise ValueError(f"k (frames stacked) must be an int >= 1, got {k!r}")
         self.k = k
         self._history: deque[tuple[int, list[int]]] = deque(maxlen=k)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 import kernels
+from memory.episodic.checks import is_int
 from memory.tempofit_config import TempoFitConfig
 
 STATE_FORMAT = "tempomem.LayerwiseKVMemory/1"
@@ -112,7 +113,7 @@ class LayerwiseKVMemory:
             ("head_dim", head_dim),
             ("batch_size", batch_size),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if dtype not in _DTYPES_BY_NAME.values():
             raise ValueError(
@@ -653,7 +654,7 @@ class LayerwiseKVMemory:
         num_frames, next_slot = state.get(count_key), state.get(slot_key)
         capacity = self.config.capacity
         for key, value in ((count_key, num_frames), (slot_key, next_slot)):
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 raise ValueError(f"state {key} must be an int, got {value!r}")
         assert isinstance(num_frames, int) and isinstance(next_slot, int)
         if not 0 <= num_frames <= capacity:

@@ -82,6 +82,7 @@ from memory.episodic import (
     surprise_boundaries,
     token_surprise,
 )
+from memory.episodic.checks import is_int
 from policies.hf import (
     AttentionAdapter,
     HeadLayout,
@@ -151,7 +152,7 @@ class EpisodicLM:
     ) -> None:
         if not isinstance(config, EpisodicConfig):
             raise ValueError(f"config must be a memory.EpisodicConfig, got {type(config).__name__}")
-        if isinstance(retrieve_every, bool) or not isinstance(retrieve_every, int):
+        if not is_int(retrieve_every):
             raise ValueError(f"retrieve_every must be an int >= 1, got {retrieve_every!r}")
         if retrieve_every < 1:
             raise ValueError(f"retrieve_every must be an int >= 1, got {retrieve_every!r}")
@@ -284,7 +285,7 @@ class EpisodicLM:
         Stops after ``max_new_tokens`` or after emitting ``eos_token_id``.
         """
         ids = self._check_ids(input_ids)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        if not is_int(max_new_tokens):
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens}")

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 import kernels
 from memory import TempoFitConfig
+from memory.episodic.checks import is_int
 
 # The early-to-middle band, as fractions of the depth.
 _BAND_START = 0.2
@@ -34,9 +35,9 @@ def default_layers(num_layers: int, k: int = 4) -> list[int]:
     grows toward later layers (earlier ones only once the last layer is reached). E.g. L = 30,
     k = 4 -> [6, 9, 11, 14]; L = 6, k = 4 -> [1, 2, 3, 4]; L = 4, k = 2 -> [1, 2].
     """
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+    if not is_int(num_layers) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_layers:
+    if not is_int(k) or not 1 <= k <= num_layers:
         raise ValueError(f"k must be an int in 1..num_layers={num_layers}, got {k!r}")
     start = min(round(_BAND_START * num_layers), num_layers - 1)
     end = max(start, math.ceil(_BAND_END * num_layers) - 1)

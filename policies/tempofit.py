@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from memory import Clock, LayerwiseKVMemory, SystemClock, TempoFitConfig
+from memory.episodic.checks import is_int
 from policies.hf import (
     AttentionAdapter,
     ConcatHistoryWrap,
@@ -162,7 +163,7 @@ class TempoFit:
             raise ValueError("this TempoFit was removed; build a new one to step again")
         if self._step_state is not None:
             raise ValueError("TempoFit.step() does not nest: a step is already running")
-        if isinstance(prefix_len, bool) or not isinstance(prefix_len, int):
+        if not is_int(prefix_len):
             raise ValueError(f"prefix_len must be an int, got {prefix_len!r}")
         if prefix_len <= 0:
             raise ValueError(f"prefix_len must be > 0, got {prefix_len}")
@@ -231,7 +232,7 @@ class TempoFit:
             raise ValueError("cannot load_state_dict() inside a step")
         memory_state = {k: v for k, v in state.items() if not k.startswith("tempofit.")}
         steps = state.get("tempofit.steps_pushed")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps) or steps < 0:
             raise ValueError(f"state['tempofit.steps_pushed'] must be an int >= 0, got {steps!r}")
         self.memory.load_state_dict(memory_state)
         self._steps_pushed = steps

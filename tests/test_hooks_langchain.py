@@ -54,14 +54,6 @@ def _fake_model() -> ToolCallingFake:
     return ToolCallingFake(messages=_replies())
 
 
-@pytest.fixture(params=["local", "redis"])
-def backend(request: pytest.FixtureRequest) -> BaseStore:
-    if request.param == "local":
-        return LocalStore()
-    redis_store: RedisStore = request.getfixturevalue("redis_store")
-    return redis_store
-
-
 def _weather_tool(clock: SimClock, invoked: list[str]) -> Any:
     @tool
     def get_weather(city: str) -> str:
@@ -73,10 +65,10 @@ def _weather_tool(clock: SimClock, invoked: list[str]) -> Any:
     return get_weather
 
 
-def test_middleware_records_injects_short_circuits(backend: BaseStore) -> None:
+def test_middleware_records_injects_short_circuits(store: BaseStore) -> None:
     clock = SimClock(T0)
     invoked: list[str] = []
-    middleware = TempoMiddleware(AgentEventLog(backend, "lc-sess", clock=clock))
+    middleware = TempoMiddleware(AgentEventLog(store, "lc-sess", clock=clock))
     model = _fake_model()
     agent = create_agent(
         model,

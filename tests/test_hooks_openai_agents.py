@@ -114,16 +114,8 @@ def _run(hook: AgentsTempoHook, agent: Agent[Any], question: str) -> Any:
     )
 
 
-@pytest.fixture(params=["local", "redis"])
-def backend(request: pytest.FixtureRequest) -> BaseStore:
-    if request.param == "local":
-        return LocalStore()
-    redis_store: RedisStore = request.getfixturevalue("redis_store")
-    return redis_store
-
-
-def test_records_injects_and_short_circuits(backend: BaseStore) -> None:
-    hook, agent, model, clock, invoked = _setup(backend)
+def test_records_injects_and_short_circuits(store: BaseStore) -> None:
+    hook, agent, model, clock, invoked = _setup(store)
     result = _run(hook, agent, "What's the weather in Paris?")
     assert "sunny" in result.final_output
     assert invoked == ["Paris"]

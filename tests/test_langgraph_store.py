@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -41,17 +40,9 @@ class TTLClock:
         return self.t
 
 
-@pytest.fixture(params=["local", "redis"])
-def kv(request: pytest.FixtureRequest) -> BaseStore:
-    if request.param == "local":
-        return LocalStore(namespace=f"lg-{uuid.uuid4().hex[:8]}")
-    redis_store: RedisStore = request.getfixturevalue("redis_store")
-    return redis_store
-
-
 @pytest.fixture
-def lg(kv: BaseStore) -> KVLangGraphStore:
-    return KVLangGraphStore(kv, clock=SimClock(1_700_000_000.0))
+def lg(store: BaseStore) -> KVLangGraphStore:
+    return KVLangGraphStore(store, clock=SimClock(1_700_000_000.0))
 
 
 def test_put_get_update_delete(lg: KVLangGraphStore) -> None:

@@ -68,19 +68,27 @@ class Service:
         return list(handle.info.remote().result(timeout_s=30)["batches"])
 
 
+def _settings(store_url: str, **overrides: Any) -> ServeSettings:
+    """The test app's settings: the tiny model, write-through sessions, two tenants' tokens."""
+    return ServeSettings(
+        ray_namespace=RAY_NAMESPACE,
+        worker=WORKER,
+        store=StoreSpec(url=store_url),
+        session=SessionConfig(max_lag_steps=0),
+        http=HttpSettings(tokens=TOKENS, max_body_bytes=MAX_BODY),
+        **overrides,
+    )
+
+
 @pytest.fixture(scope="module")
 def service(redis_server: LocalRedisServer) -> Iterator[Service]:
     ray.init(num_cpus=2, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = ServeSettings(
+        settings = _settings(
+            redis_server.url,
             app_name="tempomem-test",
-            ray_namespace=RAY_NAMESPACE,
-            worker=WORKER,
-            store=StoreSpec(url=redis_server.url),
-            session=SessionConfig(max_lag_steps=0),
-            http=HttpSettings(tokens=TOKENS, max_body_bytes=MAX_BODY),
             batch_wait_timeout_s=0.05,
             request_timeout_s=60,
         )
@@ -369,15 +377,7 @@ def test_store_unavailable_steps_degraded_over_http(service: Service) -> None:
 def test_reads_never_create_delete_ends_and_caps_hold(service: Service) -> None:
     """Reads of an unknown session are 404 and create no actor; DELETE removes the record and
     the actor; a tenant's sessions beyond its cap are 429, and deleting one makes room."""
-    settings = ServeSettings(
-        app_name="tempomem-capped",
-        ray_namespace=RAY_NAMESPACE,
-        worker=WORKER,
-        store=StoreSpec(url=service.store_url),
-        session=SessionConfig(max_lag_steps=0),
-        http=HttpSettings(tokens=TOKENS),
-        max_sessions_per_tenant=2,
-    )
+    settings = _settings(service.store_url, app_name="tempomem-capped", max_sessions_per_tenant=2)
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/capped")
     tenant = {"tenant-b": _token("b")}
     try:
@@ -434,6 +434,7 @@ def test_schemathesis_finds_no_server_errors(service: Service) -> None:
         for result in schema.get_all_operations()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     ]
+
     def fuzz(operation: Any, mode: GenerationMode) -> None:
         @settings(
             max_examples=8,

@@ -382,16 +382,18 @@ def test_service_runner_matches_the_in_process_runners(sessions: list[SessionId]
 # ------------------------------------------------------------------------------ hosts
 
 
+def _write_through(redis_server: LocalRedisServer, hosts: HostSpec) -> dict[str, Any]:
+    """Client options: the Redis store, write-through sessions, these hosts."""
+    config = SessionConfig(max_lag_steps=0)
+    return {"store": redis_server.url, "worker": WORKER, "config": config, "hosts": hosts}
+
+
 def test_sessions_share_a_bounded_pool_of_hosts_and_idle_ones_are_evicted(
     sessions: list[SessionId], redis_server: LocalRedisServer
 ) -> None:
-    tenant = f"tenant-h{uuid.uuid4().hex[:6]}"
     client = TempomemClient(
-        tenant,
-        store=redis_server.url,
-        worker=WORKER,
-        config=SessionConfig(max_lag_steps=0),
-        hosts=HostSpec(hosts=2, idle_evict_s=0.5),
+        f"tenant-h{uuid.uuid4().hex[:6]}",
+        **_write_through(redis_server, HostSpec(hosts=2, idle_evict_s=0.5)),
     )
     names = [_register(sessions, client, f"s{k}") for k in range(6)]
     for name in names:
@@ -419,13 +421,8 @@ def test_a_host_killed_mid_burst_loses_no_committed_step(
     re-runs the interrupted calls on the restarted host (steps are idempotent by id), every
     call gets an answer, and every session ends with all its steps committed, in order."""
     tenant = f"tenant-c{uuid.uuid4().hex[:6]}"
-    client = AsyncTempomemClient(
-        tenant,
-        store=redis_server.url,
-        worker=WORKER,
-        config=SessionConfig(max_lag_steps=0),
-        hosts=HostSpec(hosts=1),
-    )
+    options = _write_through(redis_server, HostSpec(hosts=1))
+    client = AsyncTempomemClient(tenant, **options)
     names = [_register(sessions, client, f"b{k}") for k in range(4)]
     steps = 8
 
@@ -441,13 +438,7 @@ def test_a_host_killed_mid_burst_loses_no_committed_step(
         return await asyncio.gather(*robots)
 
     answers = asyncio.run(burst())
-    sync = TempomemClient(
-        tenant,
-        store=redis_server.url,
-        worker=WORKER,
-        config=SessionConfig(max_lag_steps=0),
-        hosts=HostSpec(hosts=1),
-    )
+    sync = TempomemClient(tenant, **options)
     for name, replies in zip(names, answers, strict=True):
         assert [r.step_id for r in replies] == list(range(steps))
         summary = sync.summary(name)

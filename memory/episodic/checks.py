@@ -1,9 +1,16 @@
-"""Argument checks shared by the episodic modules."""
+"""Argument checks shared by the episodic modules (and by ``memory``'s other users)."""
 
 from __future__ import annotations
+
+from typing import TypeGuard
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """True for an int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: object, lowest: int) -> None:
     """ValueError unless ``value`` is an int (not a bool) >= ``lowest``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+    if not is_int(value) or value < lowest:
         raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")

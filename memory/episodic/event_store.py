@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from memory.episodic.checks import check_int
+from memory.episodic.checks import check_int, is_int
 from memory.episodic.events import Event
 from memory.episodic.retrieval import pack_representatives
 
@@ -280,7 +280,7 @@ def _event_from(record: object, tensors: Mapping[str, Any], prefix: str, where: 
     span: list[int] = []
     for key in ("event_id", "start", "end"):
         value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise ValueError(f"{where}: {key} must be an int, got {value!r}")
         span.append(value)
     found: dict[str, dict[str, Tensor]] = {"tensors": {}, "representatives": {}}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from memory.episodic.checks import check_int
+from memory.episodic.checks import check_int, is_int
 
 
 def token_surprise(logits: Tensor, input_ids: Tensor, prev_logits: Tensor | None = None) -> Tensor:
@@ -158,7 +158,7 @@ def _check_sizes(min_size: int, max_size: int | None) -> None:
     check_int("min_size", min_size, 1)
     if max_size is None:
         return
-    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+    if not is_int(max_size) or max_size < 1:
         raise ValueError(f"max_size must be an int >= 1 or None, got {max_size!r}")
     if min_size > (max_size + 1) // 2:
         raise ValueError(
