@@ -24,8 +24,8 @@ HTTP errors map to Python ones: 401/403 ``PermissionError``, 404 ``LookupError``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from services.schemas import (
     NAMESPACE_HEADER,
@@ -267,7 +267,22 @@ class AsyncHttpTransport:
         await self._http.aclose()
 
 
+#: How each session method's JSON answer becomes the client's return value.
+_ANSWERS: dict[str, Callable[[Any], Any]] = {
+    "step": StepResponse.model_validate,
+    "reset": ResetResponse.model_validate,
+    "elapsed": ElapsedResponse.model_validate,
+    "summary": SessionSummary.model_validate,
+    "metrics": dict,
+    "flush": bool,
+    "delete": bool,
+}
+
+
 class _ClientBase:
+    """What the sync and async clients share: the tenant, request building, answer parsing.
+    Each client adds only how a call is made (``_call``: blocking, or awaited)."""
+
     def __init__(self, namespace: str, kind: SessionKind) -> None:
         # Validates the namespace and kind once, naming the field on error.
         SessionId(kind=kind, namespace=namespace, id="probe")
@@ -303,6 +318,10 @@ class _ClientBase:
             top_k=top_k,
         )
         return request.model_dump(mode="json")
+
+    @staticmethod
+    def _reset_request(reason: str | None) -> dict[str, Any]:
+        return ResetRequest(reason=reason).model_dump(mode="json")
 
 
 def _ray_transport(
@@ -378,6 +397,10 @@ class TempomemClient(_ClientBase):
         the token's namespace when the server has tokens."""
         return cls(namespace, transport=HttpTransport(url, token=token, timeout_s=timeout_s))
 
+    def _call(self, method: str, session_id: str | SessionId, payload: Any = None) -> Any:
+        answer = self.transport.call(self.session_id(session_id), method, payload)
+        return _ANSWERS[method](answer)
+
     def step(
         self,
         session_id: str | SessionId,
@@ -389,36 +412,31 @@ class TempomemClient(_ClientBase):
         top_k: int = 8,
     ) -> StepResponse:
         """One control step; see ``StepRequest`` and ``StepResponse``."""
-        session = self.session_id(session_id)
         payload = self._step_request(step_id, input_ids, prefix_len, t, choices, top_k)
-        return StepResponse.model_validate(self.transport.call(session, "step", payload))
+        return cast(StepResponse, self._call("step", session_id, payload))
 
     def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
         """Start a new episode (empty memory; step ids from 0)."""
-        payload = ResetRequest(reason=reason).model_dump(mode="json")
-        result = self.transport.call(self.session_id(session_id), "reset", payload)
-        return ResetResponse.model_validate(result)
+        return cast(ResetResponse, self._call("reset", session_id, self._reset_request(reason)))
 
     def elapsed(self, session_id: str | SessionId) -> ElapsedResponse:
         """Seconds since the session's last step and since its episode began."""
-        result = self.transport.call(self.session_id(session_id), "elapsed", None)
-        return ElapsedResponse.model_validate(result)
+        return cast(ElapsedResponse, self._call("elapsed", session_id))
 
     def summary(self, session_id: str | SessionId) -> SessionSummary:
-        result = self.transport.call(self.session_id(session_id), "summary", None)
-        return SessionSummary.model_validate(result)
+        return cast(SessionSummary, self._call("summary", session_id))
 
     def metrics(self, session_id: str | SessionId) -> dict[str, int]:
-        return dict(self.transport.call(self.session_id(session_id), "metrics", None))
+        return cast(dict[str, int], self._call("metrics", session_id))
 
     def flush(self, session_id: str | SessionId) -> bool:
         """Wait until every answered step of the session is committed to the store."""
-        return bool(self.transport.call(self.session_id(session_id), "flush", None))
+        return cast(bool, self._call("flush", session_id))
 
     def delete(self, session_id: str | SessionId) -> bool:
         """End the session: its memory, its store record and its actor (``SessionNotFound``
         if it does not exist). True if a store record was deleted."""
-        return bool(self.transport.call(self.session_id(session_id), "delete", None))
+        return cast(bool, self._call("delete", session_id))
 
 
 class AsyncTempomemClient(_ClientBase):
@@ -458,6 +476,10 @@ class AsyncTempomemClient(_ClientBase):
         """An asyncio client of a ``tempomem serve`` at ``url`` (HTTP transport)."""
         return cls(namespace, transport=AsyncHttpTransport(url, token=token, timeout_s=timeout_s))
 
+    async def _call(self, method: str, session_id: str | SessionId, payload: Any = None) -> Any:
+        answer = await self.transport.call(self.session_id(session_id), method, payload)
+        return _ANSWERS[method](answer)
+
     async def step(
         self,
         session_id: str | SessionId,
@@ -468,28 +490,24 @@ class AsyncTempomemClient(_ClientBase):
         choices: Sequence[Sequence[int]] | None = None,
         top_k: int = 8,
     ) -> StepResponse:
-        session = self.session_id(session_id)
         payload = self._step_request(step_id, input_ids, prefix_len, t, choices, top_k)
-        return StepResponse.model_validate(await self.transport.call(session, "step", payload))
+        return cast(StepResponse, await self._call("step", session_id, payload))
 
     async def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
-        payload = ResetRequest(reason=reason).model_dump(mode="json")
-        result = await self.transport.call(self.session_id(session_id), "reset", payload)
-        return ResetResponse.model_validate(result)
+        payload = self._reset_request(reason)
+        return cast(ResetResponse, await self._call("reset", session_id, payload))
 
     async def elapsed(self, session_id: str | SessionId) -> ElapsedResponse:
-        result = await self.transport.call(self.session_id(session_id), "elapsed", None)
-        return ElapsedResponse.model_validate(result)
+        return cast(ElapsedResponse, await self._call("elapsed", session_id))
 
     async def summary(self, session_id: str | SessionId) -> SessionSummary:
-        result = await self.transport.call(self.session_id(session_id), "summary", None)
-        return SessionSummary.model_validate(result)
+        return cast(SessionSummary, await self._call("summary", session_id))
 
     async def metrics(self, session_id: str | SessionId) -> dict[str, int]:
-        return dict(await self.transport.call(self.session_id(session_id), "metrics", None))
+        return cast(dict[str, int], await self._call("metrics", session_id))
 
     async def flush(self, session_id: str | SessionId) -> bool:
-        return bool(await self.transport.call(self.session_id(session_id), "flush", None))
+        return cast(bool, await self._call("flush", session_id))
 
     async def delete(self, session_id: str | SessionId) -> bool:
-        return bool(await self.transport.call(self.session_id(session_id), "delete", None))
+        return cast(bool, await self._call("delete", session_id))
