@@ -264,7 +264,8 @@ def serve(
         str,
         typer.Option(
             help="'shared': one batched policy deployment steps every session; 'session': "
-            "each session actor runs its own copy of the model (one hop, no state transfer)."
+            "each session host runs one copy of the model for its sessions (one hop, no state "
+            "transfer)."
         ),
     ] = "shared",
     max_sessions_per_tenant: Annotated[
