@@ -42,7 +42,7 @@ from services.http_app import (
 )
 from services.policy_worker import PolicyWorker, WorkerSpec
 from services.schemas import NAME_PATTERN, SessionId
-from services.session import ServeWorker, SessionConfig, StoreSpec
+from services.session import ServeWorker, SessionConfig, StoreSpec, TenantStores
 from services.session_host import HostSpec
 
 POLICY_DEPLOYMENT = "PolicyDeployment"
@@ -153,8 +153,7 @@ class RayBackend:
         )
         self._sessions: set[SessionId] = set()
         self._logs: OrderedDict[str, Any] = OrderedDict()
-        self._stores: dict[str, Any] = {}
-        self._root_store: Any = None
+        self._stores = TenantStores(settings.store)
         self._lock = threading.Lock()
         self._advisor: Any = None
 
@@ -177,11 +176,6 @@ class RayBackend:
             log = self._logs.get(str(session))
             if log is None:
                 store = self._stores.get(session.namespace)
-                if store is None:  # one connection pool for all tenants, a view per tenant
-                    if self._root_store is None:
-                        self._root_store = self.settings.store.build(session.namespace)
-                    store = self._root_store.with_namespace(session.namespace)
-                    self._stores[session.namespace] = store
                 log = AgentEventLog(store, session.id, embedder="lexical")
                 self._logs[str(session)] = log
                 while len(self._logs) > MAX_OPEN_AGENT_LOGS:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -103,6 +104,27 @@ class StoreSpec(BaseModel):
         if self.url == "local":
             return LocalStore(namespace=namespace)
         return RedisStore(self.url, namespace=namespace, socket_timeout_s=self.socket_timeout_s)
+
+
+class TenantStores:
+    """The store of each tenant: views (``with_namespace``) of one store, so all tenants share
+    one connection pool. Thread-safe; the first tenant asked for builds the pool."""
+
+    def __init__(self, spec: StoreSpec) -> None:
+        self.spec = spec
+        self._root: BaseStore | None = None
+        self._views: dict[str, BaseStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, namespace: str) -> BaseStore:
+        with self._lock:
+            view = self._views.get(namespace)
+            if view is None:
+                if self._root is None:
+                    self._root = self.spec.build(namespace)
+                view = self._root.with_namespace(namespace)
+                self._views[namespace] = view
+            return view
 
 
 class SessionConfig(BaseModel):

@@ -11,10 +11,10 @@ connection pool for all of them.
 Lifetimes. Only ``step`` and ``reset`` create a session (``SessionLimitReached`` past the
 tenant's cap, counted as session records in the tenant's store); reads and ``delete`` of a
 session that is neither held nor stored raise ``SessionNotFound``. A session idle for
-``idle_evict_s`` is written to the store and dropped from memory (checked on every call and on
-a timer); it is restored on its next use. A restarted host holds nothing and restores each
-session from the store on its first use, so the guarantees of ``SessionActor`` hold as before:
-every committed step survives, and step ids replay.
+``idle_evict_s`` is written to the store and dropped from memory (by a timer thread, never on
+another session's call path); it is restored on its next use. A restarted host holds nothing
+and restores each session from the store on its first use, so the guarantees of
+``SessionActor`` hold as before: every committed step survives, and step ids replay.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from services.session import (
     SessionActor,
     SessionConfig,
     StoreSpec,
+    TenantStores,
     build_policy,
 )
 
@@ -129,14 +130,13 @@ class SessionHost:
         self._policy: PolicyBackend = build_policy(
             self.worker_spec, ray_namespace, worker_factory, self.serve_worker
         )
-        self._root_store: BaseStore | None = None
-        self._stores: dict[str, BaseStore] = {}
+        self._stores = TenantStores(self.store_spec)
         self._sessions: OrderedDict[str, SessionActor] = OrderedDict()  # least recent first
         self._last_used: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()  # guards the maps above, never held during a call
         self._evictions = 0
-        if self.spec.idle_evict_s is not None:  # evicts on a timer too, not only on calls
+        if self.spec.idle_evict_s is not None:
             janitor = threading.Thread(target=self._evict_forever, name="tempomem-evict")
             janitor.daemon = True
             janitor.start()
@@ -220,7 +220,6 @@ class SessionHost:
 
     def _run(self, session: Mapping[str, Any], method: str, payload: Any) -> Any:
         sid = SessionId.model_validate(session)
-        self.evict_idle()
         with self._session_lock(sid):
             actor = self._held(sid)
             if actor is None:
@@ -244,7 +243,7 @@ class SessionHost:
     def _restorable(self, sid: SessionId) -> SessionActor:
         """A session that is not held but has a record: restored. Else ``SessionNotFound``."""
         try:
-            known = self._tenant_store(sid.namespace).exists(sid.store_key)
+            known = self._stores.get(sid.namespace).exists(sid.store_key)
         except StoreUnavailable as err:  # cannot tell whether it exists: answered as 503
             raise ConnectionError(f"session {sid} is not in memory and {err}") from err
         if not known:
@@ -252,7 +251,7 @@ class SessionHost:
         return self._open(sid, check_cap=False)
 
     def _open(self, sid: SessionId, check_cap: bool = True) -> SessionActor:
-        store = self._tenant_store(sid.namespace)
+        store = self._stores.get(sid.namespace)
         try:
             if check_cap and not store.exists(sid.store_key):
                 self._check_cap(sid, store)
@@ -284,16 +283,6 @@ class SessionHost:
                 f"namespace {sid.namespace!r} has {live} {sid.kind} sessions, its cap is {cap}: "
                 "delete one (DELETE /v1/sessions/{id}) before starting another"
             )
-
-    def _tenant_store(self, namespace: str) -> BaseStore:
-        with self._lock:
-            store = self._stores.get(namespace)
-            if store is None:  # one connection pool for all tenants, a view per tenant
-                if self._root_store is None:
-                    self._root_store = self.store_spec.build(namespace)
-                store = self._root_store.with_namespace(namespace)
-                self._stores[namespace] = store
-            return store
 
     def _drop(self, key: str) -> None:
         self._sessions.pop(key, None)

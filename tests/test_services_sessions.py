@@ -401,7 +401,7 @@ def test_sessions_share_a_bounded_pool_of_hosts_and_idle_ones_are_evicted(
             _step(client, name, i)
     assert len(_hosts()) <= 2  # six sessions, at most two actor processes
     time.sleep(1.0)
-    _step(client, names[0], 2)  # any call evicts the idle sessions of its host
+    _step(client, names[0], 2)  # the hosts' timers (every 0.125 s) have evicted idle sessions
     transport = client.transport
     assert isinstance(transport, RayTransport)
     evictions = sum(ray.get(h.stats.remote())["evictions"] for h in transport._handles.values())
