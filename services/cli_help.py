@@ -42,20 +42,22 @@ def _plain_usage(pieces: list[str]) -> list[str]:
     ]
 
 
-class PlainHelpCommand(TyperCommand):
+class _PlainHelp:
+    """The two overrides, for a typer command or group (put first among the bases)."""
+
     def get_params(self, ctx: Any) -> list[Any]:
-        return _plain_metavars(super().get_params(ctx), ctx)
+        return _plain_metavars(super().get_params(ctx), ctx)  # type: ignore[misc]
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _plain_usage(super().collect_usage_pieces(ctx))
+        return _plain_usage(super().collect_usage_pieces(ctx))  # type: ignore[misc]
 
 
-class PlainHelpGroup(TyperGroup):
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _plain_metavars(super().get_params(ctx), ctx)
+class PlainHelpCommand(_PlainHelp, TyperCommand):
+    pass
 
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _plain_usage(super().collect_usage_pieces(ctx))
+
+class PlainHelpGroup(_PlainHelp, TyperGroup):
+    pass
 
 
 def plain_help_typer(**kwargs: Any) -> Any:
