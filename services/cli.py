@@ -282,6 +282,7 @@ def serve(
     from services.deployment import ServeSettings
     from services.http_app import HttpSettings
     from services.policy_worker import MODEL_NAMES, WorkerSpec
+    from services.ray_security import RayAuthDisabled, require_token_auth
     from services.session import StoreSpec
 
     if model not in MODEL_NAMES:
@@ -299,7 +300,9 @@ def serve(
             idle_evict_s=idle_evict_s,
             store=StoreSpec(url="local" if store == "embedded" else store),
         )
-    except ValueError as err:
+        # Ray's ports listen on every interface whatever --host says; its token auth closes them.
+        require_token_auth()
+    except (ValueError, RayAuthDisabled) as err:
         console.print(f"[red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from err
     run_server(settings, host=host, port=port, embedded=store == "embedded", num_cpus=num_cpus)
@@ -380,7 +383,8 @@ def run_server(
         auth = "on" if settings.http.tokens else "off"
         console.print(
             f"tempomem serving [bold]{settings.worker.model}[/] at http://{host}:{port} "
-            f"(store {redact_url(settings.store.url)}, auth {auth}); Ctrl-C stops"
+            f"(store {redact_url(settings.store.url)}, auth {auth}, Ray's ports: token auth); "
+            "Ctrl-C stops"
         )
         while True:
             time.sleep(1)

@@ -175,7 +175,16 @@ def test_no_output_of_a_run_carries_the_store_password(
     seen += [
         p.read_text(errors="replace") for p in ray_logs if p.suffix in (".log", ".out", ".err")
     ]
-    leaks = [text[max(0, text.find(PASSWORD) - 200) :][:400] for text in seen if PASSWORD in text]
+    secrets = [PASSWORD]
+    ray_token = Path.home() / ".ray" / "auth_token"  # Ray's own token: as secret as the password
+    if ray_token.is_file() and len(ray_token.read_text().strip()) >= 16:
+        secrets.append(ray_token.read_text().strip())
+    leaks = [
+        text[max(0, text.find(secret) - 200) :][:400]
+        for text in seen
+        for secret in secrets
+        if secret in text
+    ]
     assert leaks == [], leaks
 
 
@@ -191,6 +200,7 @@ def test_nothing_serve_starts_outlives_it_when_it_is_killed(tmp_path: Path) -> N
     ]
     assert children, "expected Ray processes of this serve"
     assert embedded, "expected the embedded redis-server as a child of serve"
+    _assert_rays_ports_refuse_calls_without_its_token(served)
     os.kill(served.process.pid, signal.SIGKILL)  # no chance to clean up
     served.process.wait(timeout=30)
     deadline = time.monotonic() + 60
@@ -217,3 +227,64 @@ def _parent(proc: Path) -> int:
     except OSError:
         return -1
     return int(fields[1])
+
+
+def _assert_rays_ports_refuse_calls_without_its_token(served: Served) -> None:
+    """Ray's gRPC servers listen on every interface (Ray has no bind option), so they must refuse
+    a caller without Ray's token: a GCS, raylet or worker call from outside gets no answer."""
+    import grpc
+    import psutil
+    from ray.core.generated import (
+        core_worker_pb2,
+        core_worker_pb2_grpc,
+        gcs_service_pb2,
+        gcs_service_pb2_grpc,
+        node_manager_pb2,
+        node_manager_pb2_grpc,
+    )
+
+    pids = {int(line.split(":", 1)[0]) for line in _processes_under(served.ray_dir)}
+    listeners = [
+        (conn.pid, conn.laddr.port)
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN
+        and conn.pid in pids
+        and conn.laddr.ip in ("0.0.0.0", "::")
+    ]
+    assert listeners, "expected Ray's listeners on every interface (the reason for this check)"
+    routable = next(
+        addr.address
+        for addrs in psutil.net_if_addrs().values()
+        for addr in addrs
+        if addr.family.name == "AF_INET" and not addr.address.startswith("127.")
+    )
+    probes = [
+        (
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub,
+            "GetAllNodeInfo",
+            gcs_service_pb2.GetAllNodeInfoRequest(),
+        ),
+        (
+            node_manager_pb2_grpc.NodeManagerServiceStub,
+            "GetNodeStats",
+            node_manager_pb2.GetNodeStatsRequest(),
+        ),
+        (
+            core_worker_pb2_grpc.CoreWorkerServiceStub,
+            "GetCoreWorkerStats",
+            core_worker_pb2.GetCoreWorkerStatsRequest(),
+        ),
+    ]
+    codes: dict[int, set[str]] = {}
+    for _pid, port in listeners:
+        with grpc.insecure_channel(f"{routable}:{port}") as channel:
+            for stub, method, request in probes:
+                try:
+                    getattr(stub(channel), method)(request, timeout=5)
+                    codes.setdefault(port, set()).add("OK")
+                except grpc.RpcError as err:
+                    codes.setdefault(port, set()).add(err.code().name)
+    answered = {port: c for port, c in codes.items() if "OK" in c}
+    assert answered == {}, f"Ray ports that answered a call without the token: {answered}"
+    refused = [port for port, c in codes.items() if "UNAUTHENTICATED" in c]
+    assert len(refused) >= 2, f"expected GCS and raylet to refuse as UNAUTHENTICATED: {codes}"
