@@ -7,10 +7,10 @@ recurrence).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from kernels.metadata import FGTBMetadata
 
 # 4096 history tokens per block: at S=256 and 3 heads one block of fp32 scores is 12 MiB, and
 # 8 frames of 256 tokens fit one block, so the common case pays no online-softmax rescaling
@@ -22,33 +22,29 @@ def fgtb_blocked(
     query: Tensor,
     k_hist: Tensor,
     v_hist: Tensor,
-    hist_time: Tensor,
-    hist_valid: Tensor,
-    t: Tensor,
-    slopes: Tensor,
-    bias_scale: float,
-    scale: float | None = None,
+    metadata: FGTBMetadata,
     *,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> tuple[Tensor, Tensor]:
     """Same result as `kernels.reference.fgtb_reference`, in blocks of `block_size` tokens.
 
-    Shapes: query (B, H, S, D); k_hist, v_hist (B, H, L, D); hist_time, hist_valid (B, L);
-    t (B,); slopes (H,). Returns (k_ctx, v_ctx), each (B, H, S, D) in query.dtype.
+    Shapes: query (B, H, S, D); k_hist, v_hist (B, H, L, D); the (B, L) times and mask, (B,)
+    current time and (H,) slopes in ``metadata``. Returns (k_ctx, v_ctx), each (B, H, S, D)
+    in query.dtype.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     batch, heads, seq, dim = query.shape
     hist_len = k_hist.shape[2]
-    if scale is None:
-        scale = 1.0 / math.sqrt(dim)
+    scale = metadata.score_scale(dim)
+    hist_time, hist_valid = metadata.hist_time, metadata.hist_valid
 
     q = query.float()
     needs_grad = torch.is_grad_enabled() and (
         query.requires_grad or k_hist.requires_grad or v_hist.requires_grad
     )
-    head_coef = (-bias_scale * slopes.float())[None, :, None]  # (1, H, 1)
-    t_col = t.float()[:, None]  # (B, 1)
+    head_coef = (-metadata.bias_scale * metadata.slopes.float())[None, :, None]  # (1, H, 1)
+    t_col = metadata.t.float()[:, None]  # (B, 1)
 
     running_max = q.new_full((batch, heads, seq, 1), float("-inf"))
     running_sum = q.new_zeros((batch, heads, seq, 1))

@@ -1,8 +1,9 @@
-"""`fgtb_retrieve`: validate inputs, then run the fastest available FGTB backend.
+"""`fgtb_forward` / `fgtb_retrieve`: validate inputs once, then run the chosen FGTB backend.
 
 Backends: "triton" (fused kernel, CUDA tensors), "blocked" (online softmax over history blocks,
 any device), "reference" (full score matrix, for tests). "auto" picks triton for CUDA tensors
-when triton imports, else blocked.
+with head dim <= `TRITON_MAX_HEAD_DIM` when triton imports, else blocked. Every backend has the
+signature ``backend(query, k_hist, v_hist, metadata)`` (`kernels.metadata.FGTBBackend`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from kernels.blocked import fgtb_blocked
+from kernels.metadata import FGTBBackend, FGTBMetadata
 from kernels.reference import fgtb_reference
 from kernels.validation import validate_fgtb_inputs
 
@@ -42,16 +44,52 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int = 0) -> st
     return "triton" if use_triton else "blocked"
 
 
-def _times_as_float32(hist_time: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """Cast times to float32; float64 times are first made relative to t.
+def _triton_backend(device: torch.device) -> FGTBBackend:
+    """`kernels.triton_fgtb.fgtb_triton`, imported (with triton) only when asked for."""
+    if not triton_available():
+        raise RuntimeError("backend='triton' was requested but triton cannot be imported")
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {device}"
+        )
+    from kernels.triton_fgtb import fgtb_triton
 
-    Absolute float64 times such as epoch seconds (~1.7e9) would keep only ~2 minutes of
-    resolution in float32; |t - tau| is unchanged by subtracting t from both.
+    return fgtb_triton
+
+
+def fgtb_forward(
+    query: Tensor,
+    k_hist: Tensor,
+    v_hist: Tensor,
+    metadata: FGTBMetadata,
+    backend: str = "auto",
+    *,
+    check_finite: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Frame-Gap Temporal Bias retrieval: softmax(Q K_hist^T * scale + B) @ [K_hist, V_hist].
+
+    Args:
+        query: (B, H, S, D) current prefix keys (K-to-K) or group-mean queries (Q-to-K).
+        k_hist, v_hist: (B, H, L, D) stored pre-RoPE keys and values.
+        metadata: times (B, L), validity (B, L), current time (B,), slopes (H,), bias_scale
+            and scale; B[b, h, l] = -bias_scale * slopes[h] * |t[b] - hist_time[b, l]|.
+        backend: "auto" | "reference" | "blocked" | "triton".
+        check_finite: reject NaN/inf inputs (costs one host sync on CUDA).
+
+    Returns:
+        (k_ctx, v_ctx), each (B, H, S, D) in query.dtype, fp32 accumulation. A row with no
+        valid history token is zeros.
     """
-    if hist_time.dtype == torch.float64 or t.dtype == torch.float64:
-        relative = hist_time.double() - t.double()[:, None]
-        return relative.float(), torch.zeros_like(t, dtype=torch.float32)
-    return hist_time.float(), t.float()
+    validate_fgtb_inputs(query, k_hist, v_hist, metadata, check_finite)
+    chosen = resolve_backend(backend, query.device, query.shape[-1])
+    implementation: FGTBBackend
+    if chosen == "reference":
+        implementation = fgtb_reference
+    elif chosen == "blocked":
+        implementation = fgtb_blocked
+    else:
+        implementation = _triton_backend(query.device)
+    return implementation(query, k_hist, v_hist, metadata.with_float32_times())
 
 
 def fgtb_retrieve(
@@ -68,42 +106,8 @@ def fgtb_retrieve(
     *,
     check_finite: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Frame-Gap Temporal Bias retrieval: softmax(Q K_hist^T * scale + B) @ [K_hist, V_hist].
-
-    Args:
-        query: (B, H, S, D) current prefix keys (K-to-K) or group-mean queries (Q-to-K).
-        k_hist, v_hist: (B, H, L, D) stored pre-RoPE keys and values.
-        hist_time: (B, L) time tag tau of the frame each stored token belongs to.
-        hist_valid: (B, L) bool, False for padding and empty slots.
-        t: (B,) current time.
-        slopes: (H,) per-head slopes m_h (see `alibi_slopes`).
-        bias_scale: beta * alpha_S; B[b, h, l] = -bias_scale * slopes[h] * |t[b] - tau[b, l]|.
-        scale: score scale, default 1 / sqrt(D).
-        backend: "auto" | "reference" | "blocked" | "triton".
-        check_finite: reject NaN/inf inputs (costs one host sync on CUDA).
-
-    Returns:
-        (k_ctx, v_ctx), each (B, H, S, D) in query.dtype, fp32 accumulation. A row with no
-        valid history token is zeros.
-    """
-    validate_fgtb_inputs(
-        query, k_hist, v_hist, hist_time, hist_valid, t, slopes, bias_scale, scale, check_finite
-    )
-    chosen = resolve_backend(backend, query.device, query.shape[-1])
-    hist_time, t = _times_as_float32(hist_time, t)
-    args = (query, k_hist, v_hist, hist_time, hist_valid, t, slopes, float(bias_scale), scale)
-
-    if chosen == "reference":
-        return fgtb_reference(*args)
-    if chosen == "blocked":
-        return fgtb_blocked(*args)
-
-    if not triton_available():
-        raise RuntimeError("backend='triton' was requested but triton cannot be imported")
-    if query.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(
-            f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {query.device}"
-        )
-    from kernels.triton_fgtb import fgtb_triton  # imports triton; only on this path
-
-    return fgtb_triton(*args)
+    """`fgtb_forward` with the metadata's fields as arguments (the documented signature):
+    hist_time (B, L), hist_valid (B, L) bool, t (B,), slopes (H,) (see `alibi_slopes`),
+    bias_scale = beta * alpha_S, scale (default 1 / sqrt(D)). Returns (k_ctx, v_ctx)."""
+    metadata = FGTBMetadata(hist_time, hist_valid, t, slopes, bias_scale, scale)
+    return fgtb_forward(query, k_hist, v_hist, metadata, backend, check_finite=check_finite)

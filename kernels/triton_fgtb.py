@@ -11,14 +11,13 @@ backend is asked for, so `import kernels` works without triton.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from kernels.dispatch import TRITON_MAX_HEAD_DIM
+from kernels.metadata import FGTBMetadata
 
 
 @triton.jit
@@ -120,38 +119,29 @@ def _dot_dtype(query: Tensor) -> tl.dtype:
 
 
 def fgtb_triton(
-    query: Tensor,
-    k_hist: Tensor,
-    v_hist: Tensor,
-    hist_time: Tensor,
-    hist_valid: Tensor,
-    t: Tensor,
-    slopes: Tensor,
-    bias_scale: float,
-    scale: float | None = None,
+    query: Tensor, k_hist: Tensor, v_hist: Tensor, metadata: FGTBMetadata
 ) -> tuple[Tensor, Tensor]:
     """Fused FGTB retrieval; same result as `kernels.reference.fgtb_reference`.
 
-    Shapes: query (B, H, S, D); k_hist, v_hist (B, H, L, D); hist_time, hist_valid (B, L);
-    t (B,); slopes (H,). D <= 256. Returns (k_ctx, v_ctx), each (B, H, S, D) in query.dtype;
-    k_hist / v_hist are read in query.dtype, accumulation is fp32.
+    Shapes: query (B, H, S, D); k_hist, v_hist (B, H, L, D); the (B, L) times and mask, (B,)
+    current time and (H,) slopes in ``metadata``. D <= 256. Returns (k_ctx, v_ctx), each
+    (B, H, S, D) in query.dtype; k_hist / v_hist are read in query.dtype, accumulation is fp32.
     """
     batch, heads, seq, dim = query.shape
     hist_len = k_hist.shape[2]
     if dim > TRITON_MAX_HEAD_DIM:
         raise ValueError(f"triton backend supports head dim <= {TRITON_MAX_HEAD_DIM}, got {dim}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(dim)
+    scale = metadata.score_scale(dim)
 
     k_out = torch.empty_like(query, memory_format=torch.contiguous_format)
     v_out = torch.empty_like(k_out)
     if k_out.numel() == 0:
         return k_out, v_out
 
-    hist_time = hist_time.float()
-    valid = hist_valid.to(torch.uint8)
-    t = t.float().contiguous()
-    slopes = slopes.float().contiguous()
+    hist_time = metadata.hist_time.float()
+    valid = metadata.hist_valid.to(torch.uint8)
+    t = metadata.t.float().contiguous()
+    slopes = metadata.slopes.float().contiguous()
     block_s, block_l, block_d, num_warps = _launch_config(seq, dim)
     grid = (batch * heads, triton.cdiv(seq, block_s))
     _fgtb_fwd_kernel[grid](
@@ -159,7 +149,7 @@ def fgtb_triton(
         *query.stride(), *k_hist.stride(), *v_hist.stride(), *k_out.stride(),
         *hist_time.stride(), *valid.stride(),
         heads, seq, hist_len, dim,
-        float(scale), float(bias_scale),
+        float(scale), float(metadata.bias_scale),
         BLOCK_S=block_s, BLOCK_L=block_l, BLOCK_D=block_d,
         DOT_DTYPE=_dot_dtype(query),
         num_warps=num_warps,

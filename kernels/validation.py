@@ -1,4 +1,4 @@
-"""Input checks for `kernels.fgtb_retrieve`: clear ValueErrors that name the argument."""
+"""Input checks for `kernels.fgtb_forward` (so `fgtb_retrieve`): ValueErrors naming the argument."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import numbers
 
 import torch
 from torch import Tensor
+
+from kernels.metadata import FGTBMetadata
 
 
 def _require_tensor(name: str, value: object) -> Tensor:
@@ -28,33 +30,34 @@ def _require_shape(name: str, tensor: Tensor, expected: tuple[int, ...], layout:
         )
 
 
+def _require_finite_real(name: str, value: object, kind: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {kind}, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value}")
+
+
 def validate_fgtb_inputs(
-    query: Tensor,
-    k_hist: Tensor,
-    v_hist: Tensor,
-    hist_time: Tensor,
-    hist_valid: Tensor,
-    t: Tensor,
-    slopes: Tensor,
-    bias_scale: float,
-    scale: float | None,
-    check_finite: bool = True,
+    query: Tensor, k_hist: Tensor, v_hist: Tensor, metadata: FGTBMetadata, check_finite: bool = True
 ) -> None:
     """Raise ValueError naming the offending argument unless the inputs fit the FGTB contract.
 
-    Expected: query (B, H, S, D); k_hist, v_hist (B, H, L, D); hist_time (B, L) floating;
-    hist_valid (B, L) bool; t (B,) floating; slopes (H,) floating; all on one device.
+    Expected: query (B, H, S, D); k_hist, v_hist (B, H, L, D); in ``metadata``: hist_time (B, L)
+    floating, hist_valid (B, L) bool, t (B,) floating, slopes (H,) floating, bias_scale a
+    finite real, scale None or a finite real; all tensors on one device.
     With check_finite, NaN/inf anywhere in query, k_hist, v_hist, hist_time, t or slopes is an
     error (padding slots must hold finite values too: 0 * nan would leak through the mask).
     """
+    if not isinstance(metadata, FGTBMetadata):
+        raise ValueError(f"metadata must be an FGTBMetadata, got {type(metadata).__name__}")
     named = {
         "query": query,
         "k_hist": k_hist,
         "v_hist": v_hist,
-        "hist_time": hist_time,
-        "hist_valid": hist_valid,
-        "t": t,
-        "slopes": slopes,
+        "hist_time": metadata.hist_time,
+        "hist_valid": metadata.hist_valid,
+        "t": metadata.t,
+        "slopes": metadata.slopes,
     }
     for name, value in named.items():
         _require_tensor(name, value)
@@ -67,30 +70,24 @@ def validate_fgtb_inputs(
     hist_len = k_hist.shape[2]
     _require_shape("k_hist", k_hist, (batch, heads, hist_len, dim), "(B, H, L, D)")
     _require_shape("v_hist", v_hist, (batch, heads, hist_len, dim), "(B, H, L, D)")
-    _require_shape("hist_time", hist_time, (batch, hist_len), "(B, L)")
-    _require_shape("hist_valid", hist_valid, (batch, hist_len), "(B, L)")
-    _require_shape("t", t, (batch,), "(B,)")
-    _require_shape("slopes", slopes, (heads,), "(H,)")
+    _require_shape("hist_time", metadata.hist_time, (batch, hist_len), "(B, L)")
+    _require_shape("hist_valid", metadata.hist_valid, (batch, hist_len), "(B, L)")
+    _require_shape("t", metadata.t, (batch,), "(B,)")
+    _require_shape("slopes", metadata.slopes, (heads,), "(H,)")
 
     for name in ("query", "k_hist", "v_hist", "hist_time", "t", "slopes"):
         _require_floating(name, named[name])
-    if hist_valid.dtype != torch.bool:
-        raise ValueError(f"hist_valid must be a bool tensor, got {hist_valid.dtype}")
+    if metadata.hist_valid.dtype != torch.bool:
+        raise ValueError(f"hist_valid must be a bool tensor, got {metadata.hist_valid.dtype}")
 
     devices = {name: value.device for name, value in named.items()}
     if len(set(devices.values())) > 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"all tensors must be on one device, got {listed}")
 
-    if isinstance(bias_scale, bool) or not isinstance(bias_scale, numbers.Real):
-        raise ValueError(f"bias_scale must be a float, got {type(bias_scale).__name__}")
-    if not math.isfinite(float(bias_scale)):
-        raise ValueError(f"bias_scale must be finite, got {bias_scale}")
-    if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise ValueError(f"scale must be a float or None, got {type(scale).__name__}")
-        if not math.isfinite(float(scale)):
-            raise ValueError(f"scale must be finite, got {scale}")
+    _require_finite_real("bias_scale", metadata.bias_scale, "a float")
+    if metadata.scale is not None:
+        _require_finite_real("scale", metadata.scale, "a float or None")
 
     if check_finite:
         _require_all_finite(named)

@@ -89,7 +89,10 @@ def _retrieval_concentration(
 ) -> float:
     """Mean ``1 - H(W)/log(n)`` of the FGTB weights of ``query`` (B, H, S, D) over
     ``k_hist`` (B, H, L, D) with times (B, L) and validity (B, L); same formula as the kernel."""
-    scores = kernels.fgtb_scores_at(query, k_hist, hist_time, hist_valid, time, bias_scale)
+    metadata = kernels.FGTBMetadata.with_alibi_slopes(
+        hist_time, hist_valid, time, bias_scale, num_heads=query.shape[1]
+    )
+    scores = kernels.fgtb_scores(query, k_hist, metadata)
     valid = hist_valid[:, None, None, :]
     log_weights = torch.log_softmax(scores, dim=-1)
     weights = log_weights.exp()

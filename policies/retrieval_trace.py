@@ -38,9 +38,10 @@ class FrameRetrievalTrace:
             return
         k_hist, _v, hist_time, hist_valid = memory.history(event.layer)
         bias_scale = self.tempofit.config.bias_scale(event.query.shape[2])
-        scores = kernels.fgtb_scores_at(
-            event.query, k_hist, hist_time, hist_valid, event.time, bias_scale
+        metadata = kernels.FGTBMetadata.with_alibi_slopes(
+            hist_time, hist_valid, event.time, bias_scale, num_heads=event.query.shape[1]
         )
+        scores = kernels.fgtb_scores(event.query, k_hist, metadata)
         weights = torch.softmax(scores, dim=-1)[0].mean(dim=(0, 1))  # (L,)
         per_frame = weights.reshape(num_frames, -1).sum(-1)
         frame_times = hist_time[0].reshape(num_frames, -1)[:, 0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -16,7 +17,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import kernels
-from kernels import alibi_slopes, fgtb_blocked, fgtb_reference, fgtb_retrieve
+from kernels import (
+    FGTBMetadata,
+    alibi_slopes,
+    fgtb_blocked,
+    fgtb_forward,
+    fgtb_reference,
+    fgtb_retrieve,
+    fgtb_scores,
+)
 
 TOLERANCES = {
     torch.float32: {"atol": 1e-5, "rtol": 1e-5},
@@ -48,6 +57,19 @@ def make_inputs(
         "slopes": alibi_slopes(heads),
         "bias_scale": 0.5,
     }
+
+
+def backend_args(inputs: dict, scale: float | None = None) -> tuple:
+    """``make_inputs``' dict as a backend takes it: (query, k_hist, v_hist, FGTBMetadata)."""
+    metadata = FGTBMetadata(
+        inputs["hist_time"],
+        inputs["hist_valid"],
+        inputs["t"],
+        inputs["slopes"],
+        inputs["bias_scale"],
+        scale,
+    )
+    return inputs["query"], inputs["k_hist"], inputs["v_hist"], metadata
 
 
 def naive_fgtb(inputs: dict, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +117,7 @@ def test_reference_matches_naive_loop(scale):
     inputs = make_inputs(batch=2, heads=2, seq=3, hist_len=6, dim=4, seed=1)
     inputs["hist_valid"][1] = False  # a batch row with no valid token at all
     inputs["hist_valid"][0, 0] = True
-    got = fgtb_reference(**inputs, scale=scale)
+    got = fgtb_reference(*backend_args(inputs, scale=scale))
     want = naive_fgtb(inputs, scale=scale)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-5)
@@ -104,7 +126,7 @@ def test_reference_matches_naive_loop(scale):
 
 def test_reference_output_dtype_follows_query():
     inputs = make_inputs(dtype=torch.float16)
-    k_ctx, v_ctx = fgtb_reference(**inputs)
+    k_ctx, v_ctx = fgtb_reference(*backend_args(inputs))
     assert k_ctx.dtype == v_ctx.dtype == torch.float16
     assert k_ctx.shape == v_ctx.shape == inputs["query"].shape
 
@@ -117,22 +139,21 @@ def test_reference_output_dtype_follows_query():
 def test_blocked_matches_reference(dtype, block_size):
     # Odd S, L not a multiple of the block size, random mask.
     inputs = make_inputs(seq=7, hist_len=37, dtype=dtype, seed=block_size)
-    assert_close_pair(
-        fgtb_blocked(**inputs, block_size=block_size), fgtb_reference(**inputs), dtype
-    )
+    args = backend_args(inputs)
+    assert_close_pair(fgtb_blocked(*args, block_size=block_size), fgtb_reference(*args), dtype)
 
 
 def test_blocked_default_block_size_over_several_blocks():
     inputs = make_inputs(batch=1, heads=2, seq=9, hist_len=1200, dim=32, seed=3)
-    assert_close_pair(fgtb_blocked(**inputs), fgtb_reference(**inputs))
+    assert_close_pair(fgtb_blocked(*backend_args(inputs)), fgtb_reference(*backend_args(inputs)))
 
 
 def test_blocked_gradients_match_reference():
     inputs = make_inputs(seq=4, hist_len=21, seed=8)
     grads = []
-    for fn in (fgtb_reference, lambda **x: fgtb_blocked(**x, block_size=5)):
+    for fn in (fgtb_reference, lambda *x: fgtb_blocked(*x, block_size=5)):
         query = inputs["query"].clone().requires_grad_(True)
-        k_ctx, v_ctx = fn(**{**inputs, "query": query})
+        k_ctx, v_ctx = fn(*backend_args({**inputs, "query": query}))
         (k_ctx.square().sum() + v_ctx.sum()).backward()
         grads.append(query.grad)
     torch.testing.assert_close(grads[0], grads[1])
@@ -197,7 +218,8 @@ def test_blocked_equals_reference_property(
 ):
     inputs = make_inputs(batch, heads, seq, hist_len, dim, valid_fraction=valid_fraction, seed=seed)
     inputs["bias_scale"] = bias_scale
-    assert_close_pair(fgtb_blocked(**inputs, block_size=block_size), fgtb_reference(**inputs))
+    args = backend_args(inputs)
+    assert_close_pair(fgtb_blocked(*args, block_size=block_size), fgtb_reference(*args))
 
 
 # --- dispatch and validation -------------------------------------------------------------------
@@ -264,6 +286,7 @@ BAD_INPUTS = [
     ("slopes", lambda x: x["slopes"].to("meta"), "device"),
     ("v_hist", lambda x: x["v_hist"].numpy(), "v_hist"),
     ("bias_scale", lambda x: math.nan, "bias_scale"),
+    ("scale", lambda x: math.inf, "scale"),
 ]  # fmt: skip
 
 
@@ -273,6 +296,42 @@ def test_bad_inputs_raise_value_error_naming_the_argument(name, corrupt, message
     inputs[name] = corrupt(inputs)
     with pytest.raises(ValueError, match=message):
         fgtb_retrieve(**inputs)
+
+
+# --- metadata ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["reference", "blocked"])
+def test_forward_with_metadata_equals_retrieve(backend):
+    inputs = make_inputs(seed=9)
+    want = fgtb_retrieve(**inputs, scale=0.2, backend=backend)
+    got = fgtb_forward(*backend_args(inputs, scale=0.2), backend=backend)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_metadata_is_frozen_and_checked_once_by_forward():
+    query, k_hist, v_hist, metadata = backend_args(make_inputs())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        metadata.bias_scale = 1.0  # type: ignore[misc]
+    with pytest.raises(ValueError, match="metadata must be an FGTBMetadata"):
+        fgtb_forward(query, k_hist, v_hist, {"bias_scale": 0.5})  # type: ignore[arg-type]
+    short_t = dataclasses.replace(metadata, t=metadata.t[:1])
+    with pytest.raises(ValueError, match=r"t must have shape \(B,\)"):
+        fgtb_forward(query, k_hist, v_hist, short_t)
+
+
+@pytest.mark.parametrize("time", [8.0, torch.tensor(8.0), torch.tensor([8.0, 8.0])])
+def test_scores_with_alibi_slopes_are_the_reference_weights(time):
+    inputs = make_inputs(seed=10)
+    query, k_hist, hist_time, hist_valid = (
+        inputs[name] for name in ("query", "k_hist", "hist_time", "hist_valid")
+    )
+    metadata = FGTBMetadata.with_alibi_slopes(hist_time, hist_valid, time, 0.5, num_heads=3)
+    assert torch.equal(metadata.slopes, alibi_slopes(3)) and metadata.t.tolist() == [8.0, 8.0]
+    weights = torch.softmax(fgtb_scores(query, k_hist, metadata), dim=-1)
+    k_ctx, _ = fgtb_reference(*backend_args(inputs))  # slopes alibi_slopes(3), t = 8
+    torch.testing.assert_close(weights @ k_hist, k_ctx)
 
 
 # --- slopes ------------------------------------------------------------------------------------
@@ -310,7 +369,7 @@ TRITON_INTERPRETER_SCRIPT = textwrap.dedent(
     import json, sys
     import torch
     sys.path.insert(0, {tests_dir!r})
-    from test_kernels import make_inputs
+    from test_kernels import backend_args, make_inputs
     from kernels import fgtb_reference, fgtb_retrieve
 
     errors = []
@@ -335,7 +394,7 @@ TRITON_INTERPRETER_SCRIPT = textwrap.dedent(
         if variant == "large_bias":
             inputs["bias_scale"] = 1e4
         got = fgtb_retrieve(**inputs, backend="triton")
-        want = fgtb_reference(**inputs)
+        want = fgtb_reference(*backend_args(inputs))
         errors.append({{
             "case": [b, h, s, l, d, dtype, variant],
             "dtype_ok": all(g.dtype == w.dtype for g, w in zip(got, want)),
