@@ -137,6 +137,8 @@ class ChangeRateModel:
         self._tools: dict[str, Evidence] = {}
         self._calls: dict[tuple[str, str], Evidence] = {}
         self._last_end: dict[tuple[str, str], float] = {}
+        # Bumped by every recorded interval and every load: a persister saves when it moved.
+        self.revision = 0
 
     # ---------------------------------------------------------------- evidence
 
@@ -154,6 +156,7 @@ class ChangeRateModel:
         self._calls[key] = self._calls.get(key, Evidence()).plus(observed)
         self._tools[interval.tool] = self._tools.get(interval.tool, Evidence()).plus(observed)
         self._last_end[key] = interval.end
+        self.revision += 1
         return True
 
     def knows(self, tool: str) -> bool:
@@ -247,7 +250,7 @@ class ChangeRateModel:
             "calls": calls,
         }
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Any) -> None:
         """Replace the evidence with a `state_dict()`'s (ValueError naming what is wrong)."""
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             raise ValueError(f"change-rate state must be a dict with version {STATE_VERSION}")
@@ -262,6 +265,7 @@ class ChangeRateModel:
                 calls[(str(tool), str(key))] = Evidence(changes, exposure, count)
                 last[(str(tool), str(key))] = end
         self._tools, self._calls, self._last_end = tools, calls, last
+        self.revision += 1
 
 
 def _numbers(row: Any, count: int, where: str) -> list[float]:

@@ -12,6 +12,7 @@ from kv_store import StoreUnavailable
 from memory.temporal import ToolCallAdvisor, elapsed_line
 from memory.temporal.signals import elapsed_signals
 from services.agent_log import AgentEventLog
+from services.learned_rates import StoredRates
 
 log = logging.getLogger("services.hooks")
 
@@ -65,3 +66,43 @@ def cached_result(
     if decision.call_tool or decision.tool != name:
         return None
     return timing.last_result_content
+
+
+class HookCore:
+    """What every hook holds: the event log, the advisor and, when the advisor learns change
+    rates (``learn=True``), those rates kept in the log's store (`StoredRates`): loaded here,
+    saved after each decision that learned something."""
+
+    def __init__(
+        self,
+        event_log: AgentEventLog,
+        advisor: ToolCallAdvisor | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        learn: bool = False,
+    ) -> None:
+        self.log = event_log
+        self.advisor = advisor or ToolCallAdvisor(clock=event_log.clock, learn=learn)
+        self.tool_specs = [dict(t) for t in tools] if tools else None
+        self.stored_rates = (
+            StoredRates(event_log.store, self.advisor.rates) if self.advisor.learn else None
+        )
+        if self.stored_rates is not None:
+            safe("loading tool change rates", self.stored_rates.load)
+
+    def time_line(self, specs: Sequence[Any] | None) -> str | None:
+        line = time_line(self.log, self.advisor, specs)
+        self.save_rates()
+        return line
+
+    def cached_result(
+        self, name: str, arguments: Mapping[str, Any], specs: Sequence[Any] | None
+    ) -> str | None:
+        result = cached_result(self.log, self.advisor, name, arguments, specs)
+        self.save_rates()
+        return result
+
+    def save_rates(self) -> None:
+        """Save learned change rates if they moved (a no-op unless the advisor learns)."""
+        if self.stored_rates is not None:
+            safe("saving tool change rates", self.stored_rates.save)

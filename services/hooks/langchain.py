@@ -19,6 +19,9 @@
     cached result is fresh and the arguments equal the cached call's, returns that result as a
     `ToolMessage` without running the tool (logged with `cached=True`).
 
+`TempoMiddleware(..., learn=True)`: the advisor learns each tool's change rate from re-calls and
+keeps it in the store for the namespace's next sessions (`services.learned_rates`).
+
 A `StoreUnavailable` store makes every hook a no-op (the agent runs without memory).
 """
 
@@ -172,11 +175,13 @@ class TempoMiddleware(AgentMiddleware):
         event_log: AgentEventLog,
         advisor: ToolCallAdvisor | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        learn: bool = False,
     ) -> None:
         super().__init__()
-        self.log = event_log
-        self.advisor = advisor or ToolCallAdvisor(clock=event_log.clock)
-        self.tool_specs = [dict(t) for t in tools] if tools else None
+        self.core = _core.HookCore(event_log, advisor, tools, learn=learn)
+        self.log, self.advisor = self.core.log, self.core.advisor
+        self.tool_specs = self.core.tool_specs
         self._seen: set[str] = set()
         self.short_circuits = 0
 
@@ -226,7 +231,7 @@ class TempoMiddleware(AgentMiddleware):
     def time_line(self, tools: Sequence[Any] | None = None) -> str | None:
         """'Current time: ... Elapsed: ... Advice: ...' for the logged conversation."""
         specs = self.tool_specs if self.tool_specs is not None else _openai_tools(tools or [])
-        return _core.time_line(self.log, self.advisor, specs)
+        return self.core.time_line(specs)
 
     def _inject(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
         _core.safe("state sync", self._record_state, request.messages)
@@ -254,7 +259,7 @@ class TempoMiddleware(AgentMiddleware):
             if self.tool_specs is not None
             else _openai_tools([tool] if tool else [])
         )
-        return _core.cached_result(self.log, self.advisor, name, arguments, specs or None)
+        return self.core.cached_result(name, arguments, specs or None)
 
     def _before_tool(self, request: Any) -> ToolMessage | None:
         call = request.tool_call

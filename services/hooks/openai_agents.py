@@ -15,6 +15,9 @@
   call's. A cached answer is logged with `cached=True` and kept out of `messages()`, so ages
   stay those of the real result.
 
+`AgentsTempoHook(..., learn=True)`: the advisor learns each tool's change rate from re-calls and
+keeps it in the store for the namespace's next sessions (`services.learned_rates`).
+
 If the store is unavailable (`StoreUnavailable`) the hooks skip recording, the filter leaves the
 input unchanged and the wrapper calls the tool: the agent degrades to running without memory.
 """
@@ -74,10 +77,11 @@ class AgentsTempoHook:
         event_log: AgentEventLog,
         advisor: ToolCallAdvisor | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        learn: bool = False,
     ) -> None:
-        self.log = event_log
-        self.advisor = advisor or ToolCallAdvisor(clock=event_log.clock)
-        self.tools = [dict(t) for t in tools] if tools else None
+        self.core = _core.HookCore(event_log, advisor, tools, learn=learn)
+        self.log, self.advisor, self.tools = self.core.log, self.core.advisor, self.core.tool_specs
         self.hooks = _RecordingHooks(self)
         self._last_user: tuple[int, str] | None = None
         self._cached_calls: set[str] = set()
@@ -117,12 +121,13 @@ class AgentsTempoHook:
         decision = self.advisor.decide(
             messages, self._tools_for(agent), now=_core.now_for(self.log, messages)
         )
+        self.core.save_rates()
         return messages, decision
 
     def time_line(self, agent: Agent[Any] | None = None) -> str | None:
         """'Current time: ... Elapsed: ... Advice: ...' for the logged conversation, or None
         when there is no user message yet."""
-        return _core.time_line(self.log, self.advisor, self._tools_for(agent))
+        return self.core.time_line(self._tools_for(agent))
 
     # -- the model-input filter ----------------------------------------------------------------
     def input_filter(self, data: CallModelData[Any]) -> ModelInputData:
@@ -169,7 +174,7 @@ class AgentsTempoHook:
         if not isinstance(wanted, dict):  # never equal to a cached call's arguments
             return None
         tools = [spec] if spec is not None else self.tools
-        return _core.cached_result(self.log, self.advisor, name, wanted, tools)
+        return self.core.cached_result(name, wanted, tools)
 
     def is_cached(self, call_id: str) -> bool:
         return call_id in self._cached_calls
