@@ -33,14 +33,10 @@ from torch import Tensor, nn
 
 from memory import Clock, LayerwiseKVMemory, SystemClock, TempoFitConfig
 from memory.episodic.checks import is_int
-from policies.hf import (
-    AttentionAdapter,
-    ConcatHistoryWrap,
-    DecoderForwardWatch,
-    ForwardInfo,
-    PrefixKVTap,
-    adapter_for,
-)
+from policies.attention_adapters import AttentionAdapter, adapter_for
+from policies.concat_history import ConcatHistoryWrap
+from policies.forward_watch import DecoderForwardWatch, ForwardInfo
+from policies.prefix_kv_tap import PrefixKVTap
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,8 @@ class TempoFit:
 
     Args:
         model: a LLaMA-family (incl. SmolLM2), Qwen2/Qwen3 or Gemma/Gemma2/Gemma3 causal LM or
-            decoder (``policies.hf.supported_model_types()``); it is hooked, not modified.
+            decoder (``policies.attention_adapters.supported_model_types()``); it is hooked,
+            not modified.
         config: which layers, capacity, FGTB strength, gap unit, retrieval and loading modes.
         clock: source of t for ``gap_unit="seconds"`` when a step gives none
             (default ``memory.SystemClock()``).

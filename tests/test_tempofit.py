@@ -15,7 +15,7 @@ from transformers import DynamicCache
 
 from memory import SimClock, TempoFitConfig
 from policies import TempoFit, calibrate_layers, default_layers
-from policies.hf import adapter_for, supported_model_types
+from policies.attention_adapters import adapter_for, supported_model_types
 from policies.models import tiny_random_model
 from policies.tempofit import LoadEvent
 
