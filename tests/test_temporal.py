@@ -130,35 +130,51 @@ def test_signals_follow_a_sim_clock() -> None:
     )
 
 
-def test_out_of_order_messages_name_the_index() -> None:
+def test_out_of_order_messages_are_held_and_named() -> None:
     messages = weather_conversation()
     messages[3]["time"] = "2025-10-08T08:00:00Z"
-    with pytest.raises(ValueError, match="message 3 is out of time order"):
-        elapsed_signals(messages)
+    signals = elapsed_signals(messages)
+    assert signals.message_times[3] == signals.message_times[2]  # held, never backwards
+    assert any("message 3 is earlier" in note for note in signals.notes), signals.notes
 
 
-def test_naive_and_missing_timestamps_name_the_index() -> None:
+def test_naive_and_missing_timestamps_are_read_and_named() -> None:
     messages = weather_conversation()
-    messages[2]["time"] = "2025-10-08T09:00:01"
-    with pytest.raises(ValueError, match=r"message 2.*no timezone"):
-        elapsed_signals(messages)
-    del messages[2]["time"]
-    with pytest.raises(ValueError, match=r"message 2.*missing 'time'"):
-        elapsed_signals(messages)
+    strict = elapsed_signals(messages)
+    messages[2]["time"] = "2025-10-08T09:00:01"  # naive: read as UTC
+    naive = elapsed_signals(messages)
+    assert naive.message_times[2] == parse_timestamp("2025-10-08T09:00:01Z")
+    assert any("message 2's time has no timezone" in note for note in naive.notes)
+    del messages[2]["time"]  # missing: the neighbour's time
+    missing = elapsed_signals(messages)
+    assert missing.message_times[2] == strict.message_times[1]
+    assert any("message 2 has no time" in note for note in missing.notes), missing.notes
+    assert inject_time(messages)[0]["role"] == "system"  # and injection works on it
 
 
-def test_tool_result_without_a_call_names_the_index() -> None:
+def test_a_chat_without_any_time_is_read_as_sent_now() -> None:
+    messages = [{k: v for k, v in m.items() if k != "time"} for m in weather_conversation()]
+    signals = elapsed_signals(messages, now="2025-10-11T09:00:00Z")
+    assert set(signals.since_message_s) == {0.0}
+    assert any("no message has a time" in note for note in signals.notes)
+    with pytest.raises(ValueError, match="a chat is a list of messages"):
+        elapsed_signals("not a chat")  # type: ignore[arg-type]
+
+
+def test_tool_result_without_a_call_is_left_out_and_named() -> None:
     messages = weather_conversation()
     messages[3]["tool_call_id"] = "nope"
-    with pytest.raises(ValueError, match=r"message 3: tool result .*'nope'"):
-        elapsed_signals(messages)
+    signals = elapsed_signals(messages)
+    assert signals.tools["get_weather"].last_result_index is None
+    assert any("message 3: a tool result with tool_call_id 'nope'" in n for n in signals.notes)
 
 
-def test_a_clock_going_backwards_is_an_error() -> None:
+def test_a_clock_going_backwards_is_held_at_the_last_message() -> None:
     messages = weather_conversation()
-    with pytest.raises(ValueError, match="clock went backwards"):
-        elapsed_signals(messages, now="2025-10-10T00:00:00Z")
-    # The advisor never raises on a chat: it measures from the last message and says so.
+    signals = elapsed_signals(messages, now="2025-10-10T00:00:00Z")
+    assert signals.now == signals.message_times[-1]
+    assert any("clock went backwards" in note for note in signals.notes)
+    # The advisor says so too.
     decision = ToolCallAdvisor(clock=SimClock(0.0)).decide(messages, [WEATHER_TOOL])
     assert "clock went backwards" in decision.reason and "clock_backwards" in decision.signals
     assert decision.age_s == pytest.approx(3 * 86400 - 2)

@@ -19,12 +19,13 @@ import json
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from memory.clock import Clock, parse_timestamp
+from memory.clock import Clock
 from memory.temporal.memo import IdentityMemo
-from memory.temporal.signals import _parse_time, content_text, parse_arguments
+from memory.temporal.signals import content_text, parse_arguments
+from memory.temporal.times import read_message_time, resolve_current_time, resolve_message_times
 
 ROLES = {
     "user": "user",
@@ -38,7 +39,6 @@ ROLES = {
     "function": "tool",
     "ipython": "tool",
 }
-TIME_FIELDS = ("time", "timestamp", "created_at", "created")
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
@@ -139,7 +139,7 @@ def read_chat(
         parsed.append(_MESSAGES.get(message, _parse))
     chat = _structure(tuple(parsed))
     flags = set(chat.flags)
-    current, now_note = _resolve_now(chat.times, now, clock, flags)
+    current, now_note = resolve_current_time(chat.times, now, clock, flags)
     if not now_note and current == chat.now:
         return chat
     return replace(chat, now=current, notes=(*chat.notes, *now_note), flags=frozenset(flags))
@@ -160,7 +160,7 @@ def _structure(parsed: tuple[_Message, ...]) -> Chat:
     for index, message in enumerate(parsed):
         pairer.add(index, message)
     flags: set[str] = set()
-    times, time_notes = _resolve_times([m.time for m in parsed], flags)
+    times, time_notes = resolve_message_times([m.time for m in parsed], flags)
     turns = pairer.turns
     last_request = next(
         (i for i in range(len(turns) - 1, -1, -1) if turns[i].role == "user" and turns[i].text),
@@ -226,7 +226,7 @@ def _parse(message: Mapping[str, Any]) -> _Message:
     message = _unwrap(message)
     kind = message.get("type")
     role = ROLES.get(str(message.get("role") or "").lower()) or ROLES.get(str(kind).lower())
-    time, notes = _time(message)
+    time, notes = read_message_time(message)
     if kind == "function_call":  # OpenAI Responses: a call item
         calls = _calls([message], notes)
         return _Message("assistant", "", time, calls, (), tuple(notes))
@@ -334,25 +334,6 @@ def _result_content(value: Any) -> tuple[str, bool, Mapping[str, Any] | None]:
     return content_text(value), False, None
 
 
-def _time(message: Mapping[str, Any]) -> tuple[float | None, list[str]]:
-    value = next((message[k] for k in TIME_FIELDS if message.get(k) is not None), None)
-    if value is None:
-        return None, []
-    try:
-        return _parse_time(value), []
-    except ValueError:
-        pass
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is None:
-            note = "message {index}'s time has no timezone; read as UTC"
-            return parsed.replace(tzinfo=UTC).timestamp(), [note]
-    return None, [f"message {{index}}'s time {value!r} is unreadable; treated as missing"]
-
-
 class _Pairer:
     """Builds `Turn`s from read messages, pairing each result with its call."""
 
@@ -390,69 +371,3 @@ class _Pairer:
         else:
             self.notes.append(f"message {index}: a tool result matches no call and names no tool")
         return result
-
-
-def _resolve_times(
-    stamps: list[float | None], flags: set[str]
-) -> tuple[tuple[float | None, ...], list[str]]:
-    """Missing times from the neighbours (the previous one, else the next), never going
-    backwards; notes say which messages were guessed or held."""
-    if all(t is None for t in stamps):
-        flags.add("no_times")
-        return tuple(stamps), ["no message has a time: decided without ages"]
-    missing = [i for i, t in enumerate(stamps) if t is None]
-    filled = list(stamps)
-    following = None
-    for index in range(len(filled) - 1, -1, -1):
-        if filled[index] is None:
-            filled[index] = following
-        else:
-            following = filled[index]
-    previous = None
-    backwards: list[int] = []
-    for index, t in enumerate(stamps):
-        if t is None and previous is not None:
-            filled[index] = previous
-        elif t is not None and previous is not None and t < previous:
-            backwards.append(index)
-            filled[index] = previous
-        previous = filled[index]
-    notes = []
-    if missing:
-        flags.add("time_missing")
-        notes.append(f"{_messages(missing)} no time; took the neighbouring message's time")
-    if backwards:
-        flags.add("time_backwards")
-        notes.append(
-            f"time goes backwards: {_messages(backwards, 'is', 'are')} earlier than the message "
-            "before; held at that message's time"
-        )
-    return tuple(filled), notes
-
-
-def _messages(indices: list[int], one: str = "has", many: str = "have") -> str:
-    """'message 3 has' / 'messages 3, 5 have'."""
-    shown = ", ".join(str(i) for i in indices[:5]) + (", ..." if len(indices) > 5 else "")
-    return f"message {shown} {one}" if len(indices) == 1 else f"messages {shown} {many}"
-
-
-def _resolve_now(
-    times: tuple[float | None, ...],
-    now: float | str | datetime | None,
-    clock: Clock | None,
-    flags: set[str],
-) -> tuple[float | None, list[str]]:
-    last = max((t for t in times if t is not None), default=None)
-    if now is not None:
-        current = parse_timestamp(now)
-    elif clock is not None:
-        current = clock.now()
-    else:
-        return last, []
-    if last is not None and current < last:
-        flags.add("clock_backwards")
-        return last, [
-            f"now ({current:.0f}) is earlier than the last message ({last:.0f}): the clock went "
-            "backwards; measured ages from the last message"
-        ]
-    return current, []

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from memory.clock import Clock, parse_timestamp
+from memory.clock import Clock, SystemClock, parse_timestamp
+from memory.temporal.times import (
+    parse_time,
+    read_message_time,
+    resolve_current_time,
+    resolve_message_times,
+)
 
 _UNITS: tuple[tuple[str, float], ...] = (
     ("year", 365 * 86400.0),
@@ -52,6 +58,7 @@ class ElapsedSignals:
     since_last_user_s: float | None
     last_user_index: int | None
     tools: Mapping[str, ToolTiming]
+    notes: tuple[str, ...] = ()  # what had to be guessed or left out (see `elapsed_signals`)
 
     def lines(self) -> list[str]:
         """Short sentences a model can read, e.g. '3 days since the last get_weather result'."""
@@ -95,7 +102,7 @@ def message_times(messages: Sequence[Mapping[str, Any]]) -> tuple[float, ...]:
         if "time" not in message:
             raise ValueError(f"message {index} ({message.get('role')!r}): missing 'time'")
         try:
-            t = _parse_time(message["time"])
+            t = parse_time(message["time"])
         except ValueError as err:
             raise ValueError(f"message {index} ({message.get('role')!r}): {err}") from None
         if t < previous:
@@ -106,50 +113,6 @@ def message_times(messages: Sequence[Mapping[str, Any]]) -> tuple[float, ...]:
         times.append(t)
         previous = t
     return tuple(times)
-
-
-_ISO_CACHE: dict[str, float] = {}
-_ISO_CACHE_MAX = 4096  # bounded: timestamps of recent conversations, re-read at every decision
-
-
-def _parse_time(value: Any) -> float:
-    if isinstance(value, str):
-        cached = _ISO_CACHE.get(value)
-        if cached is not None:
-            return cached
-        parsed = parse_timestamp(value)
-        if len(_ISO_CACHE) >= _ISO_CACHE_MAX:
-            _ISO_CACHE.clear()
-        _ISO_CACHE[value] = parsed
-        return parsed
-    if isinstance(value, int | float | datetime):
-        return parse_timestamp(value)
-    raise ValueError(f"time must be an ISO-8601 string or epoch number, got {value!r}")
-
-
-def resolve_now(
-    times: Sequence[float],
-    now: float | str | datetime | None = None,
-    clock: Clock | None = None,
-) -> float:
-    """`now` if given, else the clock's reading, else the time of the last message.
-
-    A now earlier than the last message means a clock went backwards: that is an error.
-    """
-    if now is not None:
-        current = parse_timestamp(now)
-    elif clock is not None:
-        current = clock.now()
-    elif times:
-        return times[-1]
-    else:
-        raise ValueError("no messages and no `now`: cannot tell the current time")
-    if times and current < times[-1]:
-        raise ValueError(
-            f"now ({current}) is earlier than message {len(times) - 1} ({times[-1]}): "
-            "the clock went backwards"
-        )
-    return current
 
 
 def parse_arguments(raw: Any, index: int | None = None) -> dict[str, Any]:
@@ -188,9 +151,31 @@ def elapsed_signals(
     now: float | str | datetime | None = None,
     clock: Clock | None = None,
 ) -> ElapsedSignals:
-    """Elapsed-time signals of a conversation at `now` (default: clock, else last message)."""
-    times = message_times(messages)
-    current = resolve_now(times, now, clock)
+    """Elapsed-time signals of a conversation at `now` (default: clock, else last message).
+
+    Lenient like the advisor: a message without a (readable) time takes its neighbour's, a time
+    going backwards is held, a `now` before the last message is held there, a tool result that
+    matches no call is left out; each leaves a line in `notes`. With no time anywhere, every
+    message is taken as sent now (the system clock's, unless `now` or `clock` say otherwise).
+    Only what is not a list of messages raises ValueError.
+    """
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
+        raise ValueError(f"a chat is a list of messages, got {type(messages).__name__}")
+    notes: list[str] = []
+    stamps: list[float | None] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"message {index}: expected a dict, got {type(message).__name__}")
+        t, read_notes = read_message_time(message)
+        stamps.append(t)
+        notes += [note.format(index=index) for note in read_notes]
+    flags: set[str] = set()
+    filled, time_notes = resolve_message_times(stamps, flags)
+    current, now_notes = resolve_current_time(filled, now, clock, flags)
+    if current is None:  # no time anywhere: the messages are as old as now
+        current = SystemClock().now()
+    times = tuple(current if t is None else t for t in filled)
+    notes += time_notes + now_notes
     calls: dict[str, tuple[str, int, dict[str, Any]]] = {}  # call id -> (tool, index, args)
     last_call: dict[str, int] = {}
     last_result: dict[str, tuple[int, str, dict[str, Any], int]] = {}
@@ -200,20 +185,22 @@ def elapsed_signals(
         if role == "user":
             last_user = index
         for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
+            function = (call.get("function") if isinstance(call, Mapping) else None) or {}
             name = function.get("name")
             if not name:
-                raise ValueError(f"message {index}: tool call without a function name")
+                notes.append(f"message {index}: a tool call without a function name; left out")
+                continue
             args = parse_arguments(function.get("arguments"), index)
             calls[str(call.get("id"))] = (name, index, args)
             last_call[name] = index
         if role == "tool":
             call_id = message.get("tool_call_id")
             if call_id is None or str(call_id) not in calls:
-                raise ValueError(
-                    f"message {index}: tool result with tool_call_id {call_id!r} matches no "
-                    "earlier tool call"
+                notes.append(
+                    f"message {index}: a tool result with tool_call_id {call_id!r} matches no "
+                    "earlier tool call; left out"
                 )
+                continue
             name, made_at, args = calls[str(call_id)]
             last_result[name] = (index, content_text(message.get("content")), args, made_at)
     tools: dict[str, ToolTiming] = {}
@@ -237,6 +224,7 @@ def elapsed_signals(
         since_last_user_s=None if last_user is None else current - times[last_user],
         last_user_index=last_user,
         tools=tools,
+        notes=tuple(notes),
     )
 
 
