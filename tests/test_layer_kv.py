@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -633,3 +634,64 @@ def test_push_frame_is_all_or_nothing_across_layers() -> None:
     assert memory.num_frames(1) == 0 and memory.num_frames(4) == 0
     memory.push_frame({1: (good, good), 4: (good, good)}, 0.0)
     assert memory.num_frames(1) == 1 and memory.num_frames(4) == 1
+
+
+# ------------------------------------------------------------------------------------------
+# the stored format stays readable: a state written before the ring moved to memory.layer_ring
+
+PINNED = Path(__file__).parent / "data"
+PINNED_TIMES = torch.tensor([110.0, 200.0])
+FRAME_FIELDS = ("keys", "values", "token_valid", "frame_time")
+PINNED_KEYS = {
+    "format", "config", "num_kv_heads", "head_dim", "batch_size", "dtype",
+    "layer.0.num_frames", "layer.0.next_slot", "layer.2.num_frames", "layer.2.next_slot",
+    *(f"layer.{i}.{field}" for i in (0, 2) for field in FRAME_FIELDS),
+}  # fmt: skip
+
+
+def pinned_pushes(config: TempoFitConfig) -> LayerwiseKVMemory:
+    """The pushes whose state is in tests/data/layer_kv_state_v1.* (written by this function
+    with the code of commit c1ec241): deterministic K/V, layer 2 wraps its ring of 3 and grows
+    its slot to 16, layer 0 holds 2 frames; session 1 keeps one token per frame at layer 2."""
+    memory = LayerwiseKVMemory(config, HEADS, HEAD_DIM, batch_size=2)
+    for step, seq_len in enumerate([4, 6, 3, 5, 2, 7, 3]):
+        base = torch.arange(2 * HEADS * seq_len * HEAD_DIM, dtype=torch.float64)
+        base = base.reshape(2, HEADS, seq_len, HEAD_DIM)
+        k = torch.sin(base * 0.37 + step).float()
+        v = torch.cos(base * 0.11 - step).float()
+        memory.push(LAYER, k, v, torch.tensor([float(step), 0.5 * step]), prefix_lens=[seq_len, 1])
+        if step % 4 == 0:
+            memory.push(0, v, k, 100.0 + step)
+    return memory
+
+
+def test_state_saved_in_format_1_loads_round_trips_byte_for_byte_and_retrieves_the_same() -> None:
+    stored_tensors = (PINNED / "layer_kv_state_v1.safetensors").read_bytes()
+    meta = json.loads((PINNED / "layer_kv_state_v1.json").read_text())
+    saved = join_from_transport(stored_tensors, json.dumps(meta))
+    assert set(saved) == PINNED_KEYS
+    assert saved["layer.2.keys"].shape == (2, HEADS, 3, 16, HEAD_DIM)
+    assert (saved["layer.2.next_slot"], saved["layer.0.num_frames"]) == (1, 2)
+    config = TempoFitConfig.model_validate(meta["config"])
+
+    restored = make_memory(config)
+    restored.load_state_dict(saved)
+    for memory in (restored, pinned_pushes(config)):  # loaded, and rebuilt by today's code
+        blob, meta_json = split_for_transport(memory.state_dict())
+        assert blob == stored_tensors
+        assert json.loads(meta_json) == meta
+
+    outputs = safetensors_load((PINNED / "layer_kv_state_v1_outputs.safetensors").read_bytes())
+    query = outputs["query"]
+    blocked = make_memory(config.model_copy(update={"backend": "blocked"}))
+    blocked.load_state_dict(saved)
+    for layer in (0, LAYER):
+        k_ctx, v_ctx = restored.retrieve(layer, query, PINNED_TIMES)
+        k_hat, v_hat = restored.load(layer, query, query * 0.5, PINNED_TIMES)
+        k_blocked, v_blocked = blocked.retrieve(layer, query, PINNED_TIMES)
+        assert torch.equal(k_ctx, outputs[f"retrieve.{layer}.k_ctx"])
+        assert torch.equal(v_ctx, outputs[f"retrieve.{layer}.v_ctx"])
+        assert torch.equal(k_hat, outputs[f"load.{layer}.k_hat"])
+        assert torch.equal(v_hat, outputs[f"load.{layer}.v_hat"])
+        assert torch.equal(k_blocked, outputs[f"blocked.{layer}.k_ctx"])
+        assert torch.equal(v_blocked, outputs[f"blocked.{layer}.v_ctx"])
