@@ -63,7 +63,13 @@ EMBED_TEMPERATURE = 0.05
 HORIZON_FIELDS = ("x-horizon-s", "x_horizon_s", "horizon_s")
 SCHEMA_FIELDS = ("parameters", "inputSchema", "input_schema")
 
-REALTIME, MINUTES, HOURS, DAYS, STATIC = CLASS_ORDER
+# Short names of the classes for the tables below (each bound by name, not by position).
+REALTIME = Volatility.REALTIME
+MINUTES = Volatility.MINUTES
+HOURS = Volatility.HOURS
+DAYS = Volatility.DAYS
+STATIC = Volatility.STATIC
+
 # keyword (singular, lower case; two words for a phrase) -> {class: weight}. General knowledge
 # about how fast things change, not fitted to any labelled data.
 LEXICON: dict[str, dict[Volatility, float]] = {
