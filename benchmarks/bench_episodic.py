@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from benchmarks.timing import compare
+from envs.tasks.passkey import passkey_prompt
 from memory.episodic import EpisodicConfig
 from policies import load_smollm2
-from policies.episodic_lm import EpisodicLM, passkey_prompt, sliding_window_baseline
+from policies.episodic_lm import EpisodicLM, sliding_window_baseline
 
 CONFIG = EpisodicConfig(n_init=128, n_local=512, budget=1024, chunk_size=256)
 PASSKEY_REPEATS = 165  # ~4.1k tokens with SmolLM2's tokenizer

@@ -510,9 +510,9 @@ def plot_events_command(
     """
     import torch
 
+    from envs.tasks.passkey import passkey_prompt
     from memory import EpisodicConfig
     from policies import EpisodicLM, load_smollm2, tiny_random_model
-    from policies.episodic_lm import passkey_prompt
     from policies.episodic_plot import plot_events
 
     max_event = min(128, n_local)

@@ -17,13 +17,14 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor
 
+from envs.tasks.passkey import passkey_prompt
 from kv_store import LocalStore
 from memory.episodic import EpisodicConfig, EventStore
 from policies import EpisodicLM
-from policies.episodic_lm import passkey_prompt, sliding_window_baseline
+from policies.episodic_lm import sliding_window_baseline
 from policies.episodic_plot import plot_events
-from policies.hf import rotate_half
 from policies.models import tiny_random_model
+from policies.rope import rotate_half
 
 Model = Any  # a transformers causal LM (typed loosely: its attributes are dynamic)
 VOCAB = 128
@@ -66,12 +67,21 @@ def instance_forwards(model: Model) -> int:
     return sum("forward" in m.__dict__ for m in model.modules())
 
 
+# Gemma 3 as in the 270M model: one KV head (multi-query) and sliding-window layers (window 8
+# here) around full-attention ones; Gemma 2 adds attention logit soft-capping.
+GEMMA3_LAYERS = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+
+
 @pytest.fixture(scope="module")
 def models() -> dict[str, Model]:
-    return {
+    found = {
         family: tiny_random_model(family, max_position_embeddings=1024)
-        for family in ("llama", "qwen2", "qwen3", "gemma2")
+        for family in ("llama", "qwen2", "qwen3", "gemma", "gemma2")
     }
+    found["gemma3"] = tiny_random_model(
+        "gemma3", max_position_embeddings=1024, num_key_value_heads=1, layer_types=GEMMA3_LAYERS
+    )
+    return found
 
 
 @pytest.fixture
@@ -84,7 +94,7 @@ def llama(models: dict[str, Model]) -> Iterator[Model]:
 # ------------------------------------------------------------------------ exactness
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"])
 def test_input_within_window_equals_plain_model(models: dict[str, Model], family: str) -> None:
     model = models[family]
     input_ids = tokens(0, 19)  # n_init + n_local = 20 tokens never leave the window
@@ -191,6 +201,56 @@ def test_generate_with_full_budget_equals_plain_greedy(llama: Model) -> None:
     assert [r.phase for r in lm.retrievals].count("decode") == 11
 
 
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_gemma_families_with_full_budget_equal_the_plain_model(
+    models: dict[str, Model], family: str
+) -> None:
+    """Gemma's scaled embeddings and query scaling, Gemma 2's logit soft-capping, Gemma 3's
+    q/k norms, single KV head and per-layer-type rotary tables, and the sliding-window layers
+    of both (n_local >= window - 1: they see their whole window) match the plain model."""
+    model = models[family]
+    input_ids = tokens(11, 120)
+    lm = EpisodicLM(model, full_budget(8))
+    try:
+        logits = lm.feed(input_ids, return_logits=True)
+    finally:
+        lm.remove()
+    assert len(lm.events()) > 5, "the stream must have formed events"
+    torch.testing.assert_close(logits, plain_logits(model, input_ids), rtol=0, atol=1e-4)
+
+
+def test_gemma3_sliding_layers_keep_their_window_and_full_layers_retrieve(
+    models: dict[str, Model],
+) -> None:
+    model = models["gemma3"]
+    window = model.config.sliding_window
+    sliding = [i for i, kind in enumerate(GEMMA3_LAYERS) if kind == "sliding_attention"]
+    lm = EpisodicLM(model, small_config())
+    reach: dict[int, int] = {}
+
+    def observe(layer: int, query_index: Tensor, key_index: Tensor, visible: Tensor) -> None:
+        distance = query_index[:, None] - key_index[None, :]
+        reach[layer] = max(reach.get(layer, 0), int(distance[visible].max()))
+        if layer in sliding:  # every key of its window, nothing older
+            expected = torch.clamp(query_index + 1, max=window)
+            assert torch.equal(visible.sum(1), expected), f"layer {layer}"
+
+    lm.attention_observer = observe
+    try:
+        lm.generate(tokens(12, 150), max_new_tokens=10)
+    finally:
+        lm.remove()
+    assert lm.memory_layers == [1, 3]
+    assert all(reach[layer] == window - 1 for layer in sliding)
+    assert all(reach[layer] > 4 * window for layer in lm.memory_layers), "events reach back"
+    assert all(record.events[layer] == [] for record in lm.retrievals for layer in sliding)
+    assert any(record.events[1] for record in lm.retrievals)
+    event = lm.store.get(lm.events()[0][0])
+    assert event is not None
+    assert sorted(event.tensors) == ["layer.1.k", "layer.1.v", "layer.3.k", "layer.3.v"]
+    assert event.tensors["layer.1.k"].shape[0] == 1, "one KV head (multi-query)"
+
+
 # ------------------------------------------------------------------------ no duplicate keys
 
 
@@ -258,7 +318,7 @@ def test_reset_forgets_the_stream(llama: Model) -> None:
         first = lm.generate(tokens(7, 90), max_new_tokens=4)
         assert len(store) == 8, "the store's bound applies"
         lm.reset()
-        assert len(store) == 0 and lm.tokens == [] and lm.retrievals == []
+        assert len(store) == 0 and lm.num_tokens == 0 and lm.retrievals == []
         assert torch.equal(lm.generate(tokens(7, 90), max_new_tokens=4), first)
     finally:
         lm.remove()
@@ -345,9 +405,13 @@ def test_bad_configs_raise_clear_errors(models: dict[str, Model], llama: Model) 
         EpisodicLM(llama, small_config(), retrieve_every=0)
     with pytest.raises(ValueError, match="store"):
         EpisodicLM(llama, small_config(), store=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="supports model types"):
-        EpisodicLM(models["gemma2"], small_config())
-    assert instance_forwards(models["gemma2"]) == 0
+    encoder = tiny_random_model("gemma3", use_bidirectional_attention=True)
+    with pytest.raises(ValueError, match="causal decoder"):
+        EpisodicLM(encoder, small_config())
+    only_sliding = tiny_random_model("gemma3")  # every layer slides: nowhere to retrieve
+    with pytest.raises(ValueError, match="full-attention layer"):
+        EpisodicLM(only_sliding, small_config())
+    assert instance_forwards(encoder) == instance_forwards(only_sliding) == 0
 
 
 # ------------------------------------------------------------------------ SmolLM2 passkey
