@@ -71,6 +71,11 @@ class LayerwiseKVMemory:
         checks.check_sizes(num_kv_heads=num_kv_heads, head_dim=head_dim, batch_size=batch_size)
         checks.check_storage_dtype(dtype)
         self.config = config
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = torch.device(device)
         self._spec = RingSpec(
             batch_size=batch_size,
             num_kv_heads=num_kv_heads,
@@ -78,32 +83,12 @@ class LayerwiseKVMemory:
             capacity=config.capacity,
             max_prefix_len=config.max_prefix_len,
             dtype=dtype,
-            device=torch.device(device),
+            device=self.device,
         )
         self._rings: dict[int, LayerRing] = {
             layer: LayerRing(self._spec) for layer in config.layers
         }
         self._slopes: Tensor | None = None
-
-    @property
-    def num_kv_heads(self) -> int:
-        return self._spec.num_kv_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self._spec.head_dim
-
-    @property
-    def batch_size(self) -> int:
-        return self._spec.batch_size
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._spec.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._spec.device
 
     @property
     def layers(self) -> list[int]:
