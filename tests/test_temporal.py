@@ -390,11 +390,16 @@ def test_load_trajectories_names_the_bad_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"(?s)field.jsonl:1: .*sensitivity"):
         load_trajectories(bad_field)
     row = json.loads(good)
-    row["messages"][1]["time"] = "2025-03-04T08:00:00"
-    naive = tmp_path / "naive.jsonl"
-    naive.write_text(json.dumps(row) + "\n")
-    with pytest.raises(ValueError, match=r"(?s)naive.jsonl:1: .*message 1.*no timezone"):
-        load_trajectories(naive)
+    row["messages"][1]["time"] = "2025-03-04T08:00:00"  # naive, and earlier ones missing: real logs
+    del row["messages"][0]["time"]
+    lenient = tmp_path / "lenient.jsonl"
+    lenient.write_text(json.dumps(row) + "\n")
+    assert len(load_trajectories(lenient)) == 1
+    del row["messages"][-1]["time"]  # but the decision point needs its time
+    untimed = tmp_path / "untimed.jsonl"
+    untimed.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"(?s)untimed.jsonl:1: .*last message.*readable time"):
+        load_trajectories(untimed)
 
 
 # ---------------------------------------------------------------- injection

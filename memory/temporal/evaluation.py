@@ -1,10 +1,10 @@
 """Evaluation against people's preferences: the normalised alignment rate (TicToc).
 
-A trajectory is a timestamped conversation whose last message is the user's new request, the
-available tools, and the label `prefer_tool`: whether a careful person would want the agent to
-call a tool now (True) or answer directly (False). The normalised alignment rate is the balanced
-accuracy of the call/answer decisions: the mean of the recall on "call" cases and on "answer"
-cases, so always-call and never-call both score 0.5.
+A trajectory is a conversation (with a time at least on its last message) whose last message is
+the user's new request, the available tools, and the label `prefer_tool`: whether a careful
+person would want the agent to call a tool now (True) or answer directly (False). The normalised
+alignment rate is the balanced accuracy of the call/answer decisions: the mean of the recall on
+"call" cases and on "answer" cases, so always-call and never-call both score 0.5.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from memory.temporal.advisor import ToolCallAdvisor
-from memory.temporal.signals import message_times
+from memory.temporal.times import read_message_time
 
 DEFAULT_TTL_S = 30 * 60.0
 
@@ -42,7 +42,10 @@ class Trajectory(BaseModel):
             raise ValueError("messages is empty")
         if messages[-1].get("role") != "user":
             raise ValueError("the last message must be the user's new request")
-        message_times(messages)  # timestamps present, with timezones, in order
+        # The decision point needs a time (the label depends on the gap); earlier messages may
+        # lack one, as in real logs: the advisor takes their neighbours'.
+        if read_message_time(messages[-1])[0] is None:
+            raise ValueError("the last message (the user's new request) needs a readable time")
         return messages
 
 

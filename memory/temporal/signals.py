@@ -18,7 +18,6 @@ from typing import Any
 
 from memory.clock import Clock, SystemClock, parse_timestamp
 from memory.temporal.times import (
-    parse_time,
     read_message_time,
     resolve_current_time,
     resolve_message_times,
@@ -90,29 +89,6 @@ def humanize_duration(seconds: float) -> str:
 
 def _plural(count: int, unit: str) -> str:
     return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
-
-
-def message_times(messages: Sequence[Mapping[str, Any]]) -> tuple[float, ...]:
-    """Epoch seconds of every message; naive, missing or decreasing times raise ValueError."""
-    times: list[float] = []
-    previous = -math.inf
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise ValueError(f"message {index}: expected a dict, got {type(message).__name__}")
-        if "time" not in message:
-            raise ValueError(f"message {index} ({message.get('role')!r}): missing 'time'")
-        try:
-            t = parse_time(message["time"])
-        except ValueError as err:
-            raise ValueError(f"message {index} ({message.get('role')!r}): {err}") from None
-        if t < previous:
-            raise ValueError(
-                f"message {index} is out of time order: {message['time']!r} is earlier than "
-                f"message {index - 1} ({messages[index - 1]['time']!r})"
-            )
-        times.append(t)
-        previous = t
-    return tuple(times)
 
 
 def parse_arguments(raw: Any, index: int | None = None) -> dict[str, Any]:
