@@ -109,6 +109,20 @@ def random_kv(generator: torch.Generator, batch: int, seq_len: int, dtype=torch.
     return k, v
 
 
+def pushed_alike(
+    config: TempoFitConfig, seed: int, steps: int
+) -> tuple[LayerwiseKVMemory, ReferenceMemory, torch.Generator]:
+    """A memory and the reference given the same ``steps`` random frames (B = 2, S = 5) at
+    times 0, 1, ...; the generator continues from there."""
+    generator = torch.Generator().manual_seed(seed)
+    memory, reference = make_memory(config), ReferenceMemory(config)
+    for step in range(steps):
+        k, v = random_kv(generator, 2, 5)
+        memory.push(LAYER, k, v, float(step))
+        reference.push(k, v, [float(step)] * 2)
+    return memory, reference, generator
+
+
 def assert_close(actual: Tensor, expected: Tensor) -> None:
     torch.testing.assert_close(actual.double(), expected.double(), atol=ATOL, rtol=RTOL)
 
@@ -170,14 +184,7 @@ def test_very_large_beta_equals_only_the_latest_frame() -> None:
 
 @pytest.mark.parametrize("rescale", [True, False])
 def test_load_matches_reference_and_rescale_preserves_norms(rescale: bool) -> None:
-    config = make_config(rescale=rescale)
-    generator = torch.Generator().manual_seed(2)
-    memory, reference = make_memory(config), ReferenceMemory(config)
-    for step in range(4):
-        k, v = random_kv(generator, 2, 5)
-        memory.push(LAYER, k, v, float(step))
-        reference.push(k, v, [float(step)] * 2)
-
+    memory, reference, generator = pushed_alike(make_config(rescale=rescale), seed=2, steps=4)
     k_t, v_t = random_kv(generator, 2, 5)
     k_hat, v_hat = memory.load(LAYER, k_t, v_t, 4.0)
     want_k, want_v = reference.load(k_t, v_t, [4.0, 4.0])
@@ -298,13 +305,7 @@ def test_fixed_alpha_and_zero_beta_match_reference() -> None:
 
 
 def test_q2k_retrieves_with_the_given_query() -> None:
-    config = make_config(retrieval="q2k")
-    generator = torch.Generator().manual_seed(8)
-    memory, reference = make_memory(config), ReferenceMemory(config)
-    for step in range(2):
-        k, v = random_kv(generator, 2, 5)
-        memory.push(LAYER, k, v, float(step))
-        reference.push(k, v, [float(step)] * 2)
+    memory, reference, generator = pushed_alike(make_config(retrieval="q2k"), seed=8, steps=2)
     k_t, v_t = random_kv(generator, 2, 5)
     query, _ = random_kv(generator, 2, 5)
     got = memory.load(LAYER, k_t, v_t, 2.0, query=query)
