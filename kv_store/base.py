@@ -2,6 +2,16 @@
 
 Backends (`LocalStore`, `RedisStore`) implement a handful of `_raw_*` methods; the public
 methods here validate input once, in one place, so both behave the same on bad input.
+
+Three kinds of data live in a store, each keyed by a string inside the store's namespace:
+records (tensors + JSON meta, optionally with a TTL), event streams (time-ordered JSON events)
+and ordered indexes (string members with a float score, read highest score first; what a
+caller builds to find records without listing every key).
+
+A key's *family* (`key_family`) is its first `FAMILY_SEGMENTS` '/'-separated segments, e.g.
+`session/robot/r1` for `session/robot/r1` and `session/robot/r1/events`: the keys of one
+session. A sharded backend (Redis Cluster) keeps a family on one shard, so operations on one
+family's keys stay atomic there.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ DEFAULT_MAX_EVENTS_PER_STREAM = 10_000
 MAX_KEY_CHARS = 4096
 #: Keys longer than this (in UTF-8 bytes) are stored under a blake2b digest of themselves.
 HASH_KEYS_LONGER_THAN = 200
+#: How many leading '/'-separated segments of a key name its family (see the module docstring).
+FAMILY_SEGMENTS = 3
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@=+,\-]+$")
 
@@ -67,6 +79,18 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def keys(self, prefix: str = "") -> list[str]: ...
+
+    def touch(self, key: str, ttl_s: float) -> bool: ...
+
+    def index_add(self, indexes: Sequence[str], member: str, score: float) -> None: ...
+
+    def index_remove(
+        self, indexes: Sequence[str], member: str, score: float | None = None
+    ) -> None: ...
+
+    def index_range(
+        self, index: str, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[str, float]]: ...
 
     def append_event(self, stream: str, record: Mapping[str, Any]) -> str: ...
 
@@ -161,6 +185,47 @@ class BaseStore(ABC):
             raise ValueError(f"prefix must be a string, got {type(prefix)}")
         return sorted(self._raw_keys(prefix))
 
+    def touch(self, key: str, ttl_s: float) -> bool:
+        """Restart the TTL of `key` at `ttl_s` seconds, without rewriting the record; only a
+        record that has a TTL is touched (one written without stays without). True if it was.
+
+        The record is not read or written, so a touch never undoes a concurrent put or delete:
+        a deleted record stays deleted, a record rewritten since it was read keeps its new value.
+        """
+        ttl = check_ttl(ttl_s)
+        if ttl is None:
+            raise ValueError("ttl_s must be a positive number of seconds")
+        return self._raw_touch(check_key(key), ttl)
+
+    # -- indexes -------------------------------------------------------------------------------
+    def index_add(self, indexes: Sequence[str], member: str, score: float) -> None:
+        """Put `member` into each of `indexes` with `score` (replacing its score there)."""
+        self._raw_index_add(
+            _check_indexes(indexes), check_key(member, what="member"), _check_score(score)
+        )
+
+    def index_remove(self, indexes: Sequence[str], member: str, score: float | None = None) -> None:
+        """Take `member` out of each of `indexes`; with `score`, only where its score is still
+        exactly `score` (so a clean-up of a stale entry never removes a newer add)."""
+        self._raw_index_remove(
+            _check_indexes(indexes),
+            check_key(member, what="member"),
+            None if score is None else _check_score(score),
+        )
+
+    def index_range(
+        self, index: str, offset: int = 0, limit: int | None = None
+    ) -> list[tuple[str, float]]:
+        """`(member, score)` pairs of `index`, highest score first (ties: member descending),
+        skipping `offset`, at most `limit` (None: all)."""
+        check_key(index, what="index")
+        for name, value in (("offset", offset), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if limit == 0:
+            return []
+        return self._raw_index_range(index, int(offset), None if limit is None else int(limit))
+
     # -- events --------------------------------------------------------------------------------
     def append_event(self, stream: str, record: Mapping[str, Any]) -> str:
         """Append a JSON record to `stream`; returns its id. Oldest events beyond
@@ -230,6 +295,20 @@ class BaseStore(ABC):
     def _raw_keys(self, prefix: str) -> list[str]: ...
 
     @abstractmethod
+    def _raw_touch(self, key: str, ttl_s: float) -> bool: ...
+
+    @abstractmethod
+    def _raw_index_add(self, indexes: list[str], member: str, score: float) -> None: ...
+
+    @abstractmethod
+    def _raw_index_remove(self, indexes: list[str], member: str, score: float | None) -> None: ...
+
+    @abstractmethod
+    def _raw_index_range(
+        self, index: str, offset: int, limit: int | None
+    ) -> list[tuple[str, float]]: ...
+
+    @abstractmethod
     def _raw_append_event(self, stream: str, ms: int, payload: str) -> str: ...
 
     @abstractmethod
@@ -276,6 +355,12 @@ def check_ttl(ttl_s: float | None) -> float | None:
     return float(ttl_s)
 
 
+def key_family(key: str) -> str:
+    """The family of a key: its first `FAMILY_SEGMENTS` '/'-separated segments (the whole key
+    when it has fewer)."""
+    return "/".join(key.split("/", FAMILY_SEGMENTS)[:FAMILY_SEGMENTS])
+
+
 def storage_name(key: str) -> str:
     """The name a key is stored under: itself when short and plain, else `#<blake2b hex>`."""
     if len(key.encode()) <= HASH_KEYS_LONGER_THAN and _SAFE_KEY_RE.match(key):
@@ -296,6 +381,18 @@ def decode_event(event_id: str, payload: str | bytes) -> dict[str, Any]:
         raise CorruptRecord(f"event {event_id} is not valid: {err}") from err
     event["_id"] = event_id
     return event
+
+
+def _check_indexes(indexes: Sequence[str]) -> list[str]:
+    if isinstance(indexes, str) or not isinstance(indexes, Sequence):
+        raise ValueError(f"indexes must be a list of index names, got {indexes!r}")
+    return [check_key(index, what="index") for index in indexes]
+
+
+def _check_score(score: float) -> float:
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise ValueError(f"score must be a finite number, got {score!r}")
+    return float(score)
 
 
 def _positive_int(name: str, value: int) -> int:

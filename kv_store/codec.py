@@ -2,14 +2,27 @@
 
 A record is one byte string:
 
-    MAGIC (4) | version u8 | header_len u32 | header_xxh3 u64 | header (JSON) | payload
+    MAGIC (4) | version u8 | header_len u32 | header_xxh3 u64 | header | payload
 
-The header holds the metadata and, per tensor, its name, dtype, shape and byte length; the
-payload is the raw little-endian tensor bytes back to back, covered by `payload_xxh3` in the
-header. Every byte of a record is therefore checked: a flipped, truncated or foreign record raises
-`CorruptRecord`, never a wrong tensor. The checksum is xxh3-64, not a cryptographic hash: it
-guards against corruption, not forgery, and at ~40 GB/s it is 6x cheaper than crc32 here, which
-matters when a 16 MiB state is written every control step (see BENCHMARKS.md).
+The payload is the raw little-endian tensor bytes back to back. The header (version 2, written
+today) is binary, little-endian, fixed-size fields first:
+
+    flags u8 (bit 0: a key follows) | n_tensors u16 | key_len u32 | meta_len u32
+    | payload_len u64 | payload_xxh3 u64
+    then per tensor: dtype u8 (code in `DTYPE_CODES`) | ndim u8 | name_len u16 | nbytes u64
+                     | ndim x u64 dims | name (UTF-8)
+    then the key (UTF-8, key_len bytes) and the metadata (JSON, meta_len bytes; 0: `{}`).
+
+Version 1 (still read, no longer written) had a JSON header instead: `{"tensors": [[name, dtype
+name, shape, nbytes], ...], "meta": {...}, "key": str | null, "payload_xxh3": int}`.
+
+`header_xxh3` covers the header and `payload_xxh3` the payload, so every byte of a record is
+checked: a flipped, truncated or foreign record raises `CorruptRecord`, never a wrong tensor. The
+checksum is xxh3-64, not a cryptographic hash: it guards against corruption, not forgery, and at
+~40 GB/s it is 6x cheaper than crc32 here, which matters when a 16 MiB state is written every
+control step (see BENCHMARKS.md). `encode_parts` hands the record out as a list of buffers whose
+payload parts are views of the tensors themselves, so a writer that can send a list (the Redis
+store) never copies the tensors into one byte string.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import math
 import struct
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import xxhash
@@ -27,10 +40,15 @@ import xxhash
 from kv_store.errors import CorruptRecord, RecordTooLarge
 
 MAGIC = b"TMR\x01"
-VERSION = 1
+VERSION = 2
+LEGACY_JSON_VERSION = 1
 DEFAULT_MAX_RECORD_BYTES = 256 * 1024 * 1024
 MAX_TENSOR_NAME_CHARS = 256
 _PREFIX = struct.Struct("<4sBIQ")  # magic, version, header_len, header_xxh3
+_FIXED = struct.Struct("<BHIIQQ")  # flags, n_tensors, key_len, meta_len, payload_len, payload_xxh3
+_ENTRY = struct.Struct("<BBHQ")  # dtype code, ndim, name_len, nbytes
+_HAS_KEY = 0x01
+MAX_DIMS = 255
 
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -45,6 +63,9 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+#: The dtype codes of the binary header; append only, never reorder.
+DTYPE_CODES: tuple[torch.dtype, ...] = tuple(DTYPES.values())
+_CODE_OF = {dtype: code for code, dtype in enumerate(DTYPE_CODES)}
 _ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
 
 if sys.byteorder != "little":  # pragma: no cover - every platform torch ships wheels for
@@ -71,6 +92,8 @@ def check_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
             )
         if tensor.is_sparse or tensor.layout != torch.strided:
             raise ValueError(f"tensors[{name!r}] must be a dense (strided) tensor")
+        if tensor.dim() > MAX_DIMS:
+            raise ValueError(f"tensors[{name!r}] has {tensor.dim()} dims; at most {MAX_DIMS}")
         checked[name] = tensor.detach().to("cpu").contiguous()
     return checked
 
@@ -129,34 +152,65 @@ def encode_checked(
 ) -> bytes:
     """`encode_record` for input that `check_tensors`/`check_meta` already returned (the stores
     validate once, before anything is encoded)."""
+    return b"".join(encode_parts(checked, plain_meta, key=key, max_bytes=max_bytes))
+
+
+def encode_parts(
+    checked: Mapping[str, torch.Tensor],
+    plain_meta: dict[str, Any],
+    *,
+    key: str | None = None,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> list[bytes | memoryview]:
+    """The record as `[prefix + header, tensor bytes, ...]`, without copying any tensor: the
+    payload parts are views of `checked`'s memory, valid while those tensors live unchanged."""
     buffers = [_raw_bytes(t) for t in checked.values()]
     payload_hash = xxhash.xxh3_64()
+    payload_len = 0
     for buffer in buffers:
         payload_hash.update(buffer)
-    header = json.dumps(
-        {
-            "tensors": [
-                [name, _DTYPE_NAMES[t.dtype], list(t.shape), buffer.nbytes]
-                for (name, t), buffer in zip(checked.items(), buffers, strict=True)
-            ],
-            "meta": plain_meta,
-            "key": key,
-            "payload_xxh3": payload_hash.intdigest(),
-        },
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
-    record_len = _PREFIX.size + len(header) + sum(b.nbytes for b in buffers)
-    check_size(record_len, max_bytes)
+        payload_len += buffer.nbytes
+    key_bytes = b"" if key is None else key.encode()
+    meta_bytes = (
+        json.dumps(plain_meta, separators=(",", ":"), allow_nan=False).encode()
+        if plain_meta
+        else b""
+    )
+    pieces = [
+        _FIXED.pack(
+            _HAS_KEY if key is not None else 0,
+            len(buffers),
+            len(key_bytes),
+            len(meta_bytes),
+            payload_len,
+            payload_hash.intdigest(),
+        )
+    ]
+    for (name, tensor), buffer in zip(checked.items(), buffers, strict=True):
+        name_bytes = name.encode()
+        pieces.append(
+            _ENTRY.pack(_CODE_OF[tensor.dtype], tensor.dim(), len(name_bytes), buffer.nbytes)
+        )
+        pieces.append(struct.pack(f"<{tensor.dim()}Q", *tensor.shape))
+        pieces.append(name_bytes)
+    pieces += [key_bytes, meta_bytes]
+    header = b"".join(pieces)
+    check_size(_PREFIX.size + len(header) + payload_len, max_bytes)
     prefix = _PREFIX.pack(MAGIC, VERSION, len(header), xxhash.xxh3_64_intdigest(header))
-    return b"".join([prefix, header, *buffers])
+    return [prefix + header, *(b for b in buffers if b.nbytes)]
 
 
 def peek_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """The verified JSON header of a record (or of a prefix of it that holds the header)."""
+    """The verified header of a record (or of a prefix of it that holds the header), whatever
+    its version, as `{"key": str | None, "meta": {...}, "tensors": [[name, dtype name, shape,
+    nbytes], ...]}`."""
     view = memoryview(data).cast("B")
     header, _ = _read_header(view)
-    return header
+    return {
+        "key": header.key,
+        "meta": header.meta,
+        "tensors": [[n, _DTYPE_NAMES[d], list(s), nb] for n, d, s, nb in header.entries],
+    }
 
 
 def decode_record(
@@ -165,34 +219,23 @@ def decode_record(
     max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     expect_key: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Decode a record made by `encode_record`. Returned tensors own their (writable) memory."""
+    """Decode a record made by `encode_record` (either version). Returned tensors own their
+    (writable) memory: one copy of the payload, whatever the tensor count."""
     view = memoryview(data).cast("B")
     if view.nbytes > max_bytes + (1 << 20):
         raise RecordTooLarge(f"record of {view.nbytes} bytes exceeds the limit of {max_bytes}")
     header, header_end = _read_header(view)
-    try:
-        entries = [
-            (str(n), DTYPES[d], [int(s) for s in shape], int(nb))
-            for n, d, shape, nb in header["tensors"]
-        ]
-        meta = header["meta"]
-        payload_hash = int(header["payload_xxh3"])
-        if not isinstance(meta, dict):
-            raise TypeError("meta is not an object")
-    except (ValueError, KeyError, TypeError) as err:
-        raise CorruptRecord(f"record header is malformed: {err}") from err
-    if expect_key is not None and header.get("key") not in (None, expect_key):
-        raise CorruptRecord(f"record names key {header.get('key')!r}, expected {expect_key!r}")
+    if expect_key is not None and header.key not in (None, expect_key):
+        raise CorruptRecord(f"record names key {header.key!r}, expected {expect_key!r}")
     payload = view[header_end:]
-    if sum(nb for *_, nb in entries) != payload.nbytes:
+    described = sum(nb for *_, nb in header.entries)
+    if described != payload.nbytes:
         raise CorruptRecord(
-            f"record payload has {payload.nbytes} bytes, header describes "
-            f"{sum(nb for *_, nb in entries)} (truncated or padded)"
+            f"record payload has {payload.nbytes} bytes, header describes {described} "
+            "(truncated or padded)"
         )
-    if xxhash.xxh3_64_intdigest(payload) != payload_hash:
+    if xxhash.xxh3_64_intdigest(payload) != header.payload_xxh3:
         raise CorruptRecord("record payload checksum mismatch")
-    # One writable copy of the whole payload (one allocation, whatever the tensor count);
-    # tensors are views into it.
     owned = (
         torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         if payload.nbytes
@@ -200,19 +243,25 @@ def decode_record(
     )
     tensors: dict[str, torch.Tensor] = {}
     offset = 0
-    for name, dtype, shape, nbytes in entries:
-        itemsize = _ITEMSIZE[dtype]
-        if any(s < 0 for s in shape) or math.prod(shape) * itemsize != nbytes:
-            raise CorruptRecord(f"tensor {name!r}: shape {shape} does not match {nbytes} bytes")
+    for name, dtype, shape, nbytes in header.entries:
         if nbytes == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
             chunk = owned[offset : offset + nbytes]
-            if offset % itemsize:  # misaligned after an odd-sized tensor: copy this one out
+            if offset % _ITEMSIZE[dtype]:  # misaligned after an odd-sized tensor: copy it out
                 chunk = chunk.clone()
             tensors[name] = chunk.view(dtype).reshape(shape)
         offset += nbytes
-    return tensors, meta
+    return tensors, header.meta
+
+
+class _Header(NamedTuple):
+    """A verified header: entries are (name, dtype, shape, nbytes), shapes checked."""
+
+    entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]
+    meta: dict[str, Any]
+    key: str | None
+    payload_xxh3: int
 
 
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:
@@ -224,14 +273,14 @@ def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(array).cast("B")
 
 
-def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
-    """Parse and verify the fixed prefix and JSON header; returns (header, payload offset)."""
+def _read_header(view: memoryview) -> tuple[_Header, int]:
+    """Parse and verify the fixed prefix and the header; returns (header, payload offset)."""
     if view.nbytes < _PREFIX.size:
         raise CorruptRecord(f"record of {view.nbytes} bytes is shorter than its fixed prefix")
     magic, version, header_len, header_hash = _PREFIX.unpack_from(view)
     if magic != MAGIC:
         raise CorruptRecord("not a tempomem record (bad magic bytes)")
-    if version != VERSION:
+    if version not in (VERSION, LEGACY_JSON_VERSION):
         raise CorruptRecord(f"record version {version} is not supported (expected {VERSION})")
     header_end = _PREFIX.size + header_len
     if header_end > view.nbytes:
@@ -240,9 +289,62 @@ def _read_header(view: memoryview) -> tuple[dict[str, Any], int]:
     if xxhash.xxh3_64_intdigest(header_bytes) != header_hash:
         raise CorruptRecord("record header checksum mismatch")
     try:
-        header = json.loads(bytes(header_bytes))
-    except ValueError as err:
-        raise CorruptRecord(f"record header is not JSON: {err}") from err
-    if not isinstance(header, dict):
-        raise CorruptRecord("record header is not a JSON object")
+        parse = _parse_binary if version == VERSION else _parse_json
+        header = parse(header_bytes)
+        for name, dtype, shape, nbytes in header.entries:
+            if (
+                any(not 0 <= s < 1 << 62 for s in shape)
+                or math.prod(shape) * _ITEMSIZE[dtype] != nbytes
+            ):
+                raise ValueError(f"tensor {name!r}: shape {list(shape)} is not {nbytes} bytes")
+        if len({name for name, *_ in header.entries}) != len(header.entries):
+            raise ValueError("a tensor name appears twice")
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as err:
+        raise CorruptRecord(f"record header is malformed: {err}") from err
     return header, header_end
+
+
+def _parse_binary(header: memoryview) -> _Header:
+    """The version-2 header (layout in the module docstring)."""
+    flags, n_tensors, key_len, meta_len, payload_len, payload_hash = _FIXED.unpack_from(header)
+    at = _FIXED.size
+    entries = []
+    for _ in range(n_tensors):
+        code, ndim, name_len, nbytes = _ENTRY.unpack_from(header, at)
+        at += _ENTRY.size
+        shape = struct.unpack_from(f"<{ndim}Q", header, at)
+        at += 8 * ndim
+        name = _utf8(header, at, name_len)
+        at += name_len
+        entries.append((name, DTYPE_CODES[code], shape, nbytes))
+    key = _utf8(header, at, key_len) if flags & _HAS_KEY else None
+    at += key_len
+    meta = json.loads(_utf8(header, at, meta_len)) if meta_len else {}
+    if at + meta_len != header.nbytes or flags & ~_HAS_KEY or (key_len and key is None):
+        raise ValueError("header length, flags and fields disagree")
+    if not isinstance(meta, dict):
+        raise TypeError("meta is not an object")
+    if sum(nb for *_, nb in entries) != payload_len:
+        raise ValueError("payload length disagrees with the tensor table")
+    return _Header(entries, meta, key, payload_hash)
+
+
+def _parse_json(header: memoryview) -> _Header:
+    """The version-1 (JSON) header, still read."""
+    parsed = json.loads(bytes(header))
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("meta"), dict):
+        raise TypeError("header is not an object with a 'meta' object")
+    key = parsed.get("key")
+    entries = [
+        (str(n), DTYPES[d], tuple(int(s) for s in shape), int(nb))
+        for n, d, shape, nb in parsed["tensors"]
+    ]
+    return _Header(
+        entries, parsed["meta"], None if key is None else str(key), int(parsed["payload_xxh3"])
+    )
+
+
+def _utf8(view: memoryview, at: int, length: int) -> str:
+    if at + length > view.nbytes:
+        raise ValueError("a field runs past the end of the header")
+    return bytes(view[at : at + length]).decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import OrderedDict, deque
@@ -29,6 +30,26 @@ class _Stream:
 
 
 @dataclass
+class _Index:
+    """Members with scores, and the same pairs kept sorted ascending for range reads."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    ordered: list[tuple[float, str]] = field(default_factory=list)
+
+    def add(self, member: str, score: float) -> None:
+        self.remove(member)
+        self.scores[member] = score
+        bisect.insort(self.ordered, (score, member))
+
+    def remove(self, member: str, score: float | None = None) -> None:
+        old = self.scores.get(member)
+        if old is None or (score is not None and old != score):
+            return
+        del self.scores[member]
+        del self.ordered[bisect.bisect_left(self.ordered, (old, member))]
+
+
+@dataclass
 class _Backing:
     """The data every namespace view of one LocalStore shares."""
 
@@ -36,6 +57,7 @@ class _Backing:
     lock: threading.RLock = field(default_factory=threading.RLock)
     entries: OrderedDict[tuple[str, str], _Entry] = field(default_factory=OrderedDict)
     streams: dict[tuple[str, str], _Stream] = field(default_factory=dict)
+    indexes: dict[tuple[str, str], _Index] = field(default_factory=dict)
     nbytes: int = 0
 
 
@@ -130,6 +152,44 @@ class LocalStore(BaseStore):
                 k
                 for k in candidates
                 if k.startswith(prefix) and self._live_entry((self.namespace, k))
+            ]
+
+    def _raw_touch(self, key: str, ttl_s: float) -> bool:
+        with self._backing.lock:
+            entry = self._live_entry((self.namespace, key))
+            if entry is None or entry.expires_at is None:
+                return False
+            entry.expires_at = self.ttl_clock() + ttl_s
+            return True
+
+    # -- indexes -------------------------------------------------------------------------------
+    def _raw_index_add(self, indexes: list[str], member: str, score: float) -> None:
+        with self._backing.lock:
+            for index in indexes:
+                self._backing.indexes.setdefault((self.namespace, index), _Index()).add(
+                    member, score
+                )
+
+    def _raw_index_remove(self, indexes: list[str], member: str, score: float | None) -> None:
+        with self._backing.lock:
+            for index in indexes:
+                found = self._backing.indexes.get((self.namespace, index))
+                if found is not None:
+                    found.remove(member, score)
+                    if not found.scores:
+                        del self._backing.indexes[(self.namespace, index)]
+
+    def _raw_index_range(
+        self, index: str, offset: int, limit: int | None
+    ) -> list[tuple[str, float]]:
+        with self._backing.lock:
+            found = self._backing.indexes.get((self.namespace, index))
+            if found is None:
+                return []
+            end = len(found.ordered) - offset
+            start = 0 if limit is None else max(0, end - limit)
+            return [
+                (member, score) for score, member in reversed(found.ordered[start : max(end, 0)])
             ]
 
     # -- events --------------------------------------------------------------------------------

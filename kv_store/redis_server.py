@@ -17,8 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -41,11 +44,36 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LocalRedisServer:
+class ThrowawayServer(ABC):
+    """Something started for a test or a demo and stopped (all of it removed) after."""
+
+    @abstractmethod
+    def start(self, timeout_s: float = 10.0) -> Self: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalRedisServer(ThrowawayServer):
     """A private redis-server process. `kill()` and `start()` again to simulate an outage."""
 
     def __init__(
-        self, binary: str | None = None, port: int | None = None, password: str | None = None
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        password: str | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         found = binary or find_redis_server()
         if found is None:
@@ -53,6 +81,7 @@ class LocalRedisServer:
         self.binary = found
         self.port = port or free_port()
         self.password = password
+        self.extra_args = list(extra_args)
         self._tmp = tempfile.TemporaryDirectory(prefix="tempomem-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -65,7 +94,7 @@ class LocalRedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self, timeout_s: float = 10.0) -> LocalRedisServer:
+    def start(self, timeout_s: float = 10.0) -> Self:
         if self.running:
             return self
         log = Path(self._tmp.name) / "redis.log"
@@ -87,6 +116,7 @@ class LocalRedisServer:
                 "--daemonize",
                 "no",
                 *(["--requirepass", self.password] if self.password else []),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -122,14 +152,3 @@ class LocalRedisServer:
     def stop(self) -> None:
         self.kill()
         self._tmp.cleanup()
-
-    def __enter__(self) -> LocalRedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

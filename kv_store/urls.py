@@ -1,4 +1,9 @@
-"""Store URLs as people may see them: the one place that hides a URL's credentials.
+"""Store URLs: their schemes, and as people may see them (the one place that hides a URL's
+credentials).
+
+Schemes: ``local`` (in-process), ``redis://`` / ``rediss://`` (one server, TLS), and
+``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster reached through the node named,
+which tells the client the others).
 
 A Redis URL may carry a password (``redis://:SECRET@host:6379/0``, ``redis://user:SECRET@...``,
 or ``?password=SECRET``). Everything that shows a store URL (error messages, logs, the serve
@@ -11,6 +16,8 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 HIDDEN = "***"
+CLUSTER_SUFFIX = "+cluster"
+REDIS_SCHEMES = ("redis", "rediss")
 _SECRET_QUERY_KEYS = frozenset({"password", "pass", "pwd", "token", "secret", "auth"})
 
 
@@ -39,10 +46,27 @@ def redact_url(url: str) -> str:
 
 
 def store_kind(url: str) -> str:
-    """What a tenant may know of a store: its kind (``redis``, ``rediss`` or ``local``)."""
+    """What a tenant may know of a store: its kind (``local``, ``redis``, ``rediss``,
+    ``redis+cluster`` or ``rediss+cluster``)."""
     if url == "local":
         return "local"
     try:
         return urlsplit(url).scheme or "unknown"
     except ValueError:
         return "unknown"
+
+
+def redis_target(url: str) -> tuple[str, bool]:
+    """``(url as redis-py reads it, whether it names a cluster)`` for a Redis store URL.
+
+    >>> redis_target("redis+cluster://db:7000")
+    ('redis://db:7000', True)
+    """
+    scheme, sep, rest = url.partition("://")
+    plain = scheme.removesuffix(CLUSTER_SUFFIX)
+    if not sep or plain not in REDIS_SCHEMES:
+        raise ValueError(
+            f"not a Redis store URL: {redact_url(url)!r} (expected redis://, rediss://, "
+            "redis+cluster:// or rediss+cluster://)"
+        )
+    return f"{plain}://{rest}", plain != scheme

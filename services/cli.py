@@ -247,7 +247,8 @@ def serve(
         str,
         typer.Option(
             help="'embedded' (a private redis-server started here; 'local' if none is "
-            "installed), 'local' (in-process, lost on actor restarts) or a redis:// URL."
+            "installed), 'local' (in-process, lost on actor restarts), a redis:// URL or a "
+            "redis+cluster:// URL (a Redis Cluster, through any of its nodes)."
         ),
     ] = "embedded",
     token: Annotated[

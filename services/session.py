@@ -82,13 +82,14 @@ RECORD_FORMAT = "tempomem.session/1"
 
 
 class StoreSpec(BaseModel):
-    """Where session records live: ``"local"`` (per process; see the module docstring) or a
-    ``redis://`` URL. The namespace is not part of the spec: it is always the tenant's."""
+    """Where session records live: ``"local"`` (per process; see the module docstring), a
+    ``redis://`` URL, or a ``redis+cluster://`` URL (a Redis Cluster; each session's keys share
+    one hash slot). The namespace is not part of the spec: it is always the tenant's."""
 
     # The URL may hold a password: never in a repr or in a validation error's echo of the input.
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    url: str = Field(default="local", pattern=r"^(local|rediss?://\S+)$", repr=False)
+    url: str = Field(default="local", pattern=r"^(local|rediss?(\+cluster)?://\S+)$", repr=False)
     socket_timeout_s: float = Field(
         default=0.5,
         gt=0,

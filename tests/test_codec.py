@@ -118,3 +118,67 @@ def test_decoded_tensors_are_writable_and_independent() -> None:
     first["x"] += 1
     second, _ = decode_record(record)
     assert torch.equal(second["x"], torch.ones(3))
+
+
+def _legacy_v1_record(tensors: dict[str, torch.Tensor], meta: dict, key: str | None) -> bytes:
+    """A version-1 record built by hand from its documented layout: prefix, JSON header,
+    payload (what RedisStore wrote before the binary header)."""
+    import json
+    import struct
+
+    import xxhash
+
+    payload = b"".join(
+        t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() for t in tensors.values()
+    )
+    names = {v: k for k, v in DTYPES.items()}
+    header = json.dumps(
+        {
+            "tensors": [
+                [n, names[t.dtype], list(t.shape), t.numel() * t.element_size()]
+                for n, t in tensors.items()
+            ],
+            "meta": meta,
+            "key": key,
+            "payload_xxh3": xxhash.xxh3_64_intdigest(payload),
+        }
+    ).encode()
+    prefix = struct.pack("<4sBIQ", b"TMR\x01", 1, len(header), xxhash.xxh3_64_intdigest(header))
+    return prefix + header + payload
+
+
+def test_version_1_records_are_still_read() -> None:
+    tensors = {
+        "k": torch.randn(2, 3),
+        "flags": torch.tensor([True, False, True]),  # odd-sized: the next one is misaligned
+        "h": torch.arange(4, dtype=torch.bfloat16),
+    }
+    old = _legacy_v1_record(tensors, {"step": 7}, key="session/robot/r1")
+    decoded, meta = decode_record(old, expect_key="session/robot/r1")
+    assert meta == {"step": 7} and list(decoded) == list(tensors)
+    for name, tensor in tensors.items():
+        assert torch.equal(_bits(decoded[name]), _bits(tensor))
+    assert peek_header(old)["key"] == "session/robot/r1"
+    with pytest.raises(CorruptRecord, match="expected"):
+        decode_record(old, expect_key="other")
+    broken = bytearray(old)
+    broken[-1] ^= 1
+    with pytest.raises(CorruptRecord, match="checksum"):
+        decode_record(bytes(broken))
+
+
+def test_version_2_layout_is_binary_and_parts_join_to_the_record() -> None:
+    import struct
+
+    from kv_store.codec import DTYPE_CODES, check_tensors, encode_parts
+
+    tensors = {"x": torch.arange(6, dtype=torch.int16).reshape(2, 3)}
+    record = encode_record(tensors, {"a": 1}, key="k")
+    magic, version, header_len, _ = struct.unpack_from("<4sBIQ", record)
+    assert (magic, version) == (b"TMR\x01", 2)
+    flags, n, key_len, meta_len, payload_len, _ = struct.unpack_from("<BHIIQQ", record, 17)
+    assert (flags, n, key_len, meta_len, payload_len) == (1, 1, 1, 7, 12)
+    code, ndim, name_len, nbytes = struct.unpack_from("<BBHQ", record, 17 + 27)
+    assert (DTYPE_CODES[code], ndim, name_len, nbytes) == (torch.int16, 2, 1, 12)
+    assert record[17 + header_len :] == tensors["x"].numpy().tobytes()
+    assert b"".join(encode_parts(check_tensors(tensors), {"a": 1}, key="k")) == record

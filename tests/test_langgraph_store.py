@@ -216,3 +216,145 @@ def test_namespaces_of_kv_stores_are_separate(redis_store: RedisStore) -> None:
     assert b.get(("x",), "k") is None and b.list_namespaces() == []
     with pytest.raises(ValueError, match="prefix"):
         KVLangGraphStore(redis_store, prefix="bad:prefix")
+
+
+class InterleavedStore:
+    """A real store whose next read lets another client act right after it (once): the
+    interleaving "read, another put/delete, then the reader's TTL refresh", made deterministic.
+    Everything else goes straight to the store."""
+
+    def __init__(self, store: BaseStore) -> None:
+        self.store = store
+        self.after_next_read: Any = None
+
+    def _read_done(self) -> None:
+        act, self.after_next_read = self.after_next_read, None
+        if act is not None:
+            act()
+
+    def get_tensors(self, key: str) -> Any:
+        found = self.store.get_tensors(key)
+        self._read_done()
+        return found
+
+    def get_many(self, keys: list[str]) -> Any:
+        found = self.store.get_many(keys)
+        self._read_done()
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+@pytest.mark.parametrize("read", ["get", "search"])
+@pytest.mark.parametrize("race", ["put", "delete"])
+def test_refreshing_read_never_reverts_a_concurrent_write(
+    store: BaseStore, read: str, race: str
+) -> None:
+    ttl: Any = {"default_ttl": 10.0, "refresh_on_read": True}
+    writer = KVLangGraphStore(store, ttl=ttl, clock=SimClock(1_700_000_000.0))
+    interleaved = InterleavedStore(store)
+    reader = KVLangGraphStore(interleaved, ttl=ttl)  # type: ignore[arg-type]
+    writer.put(("mem",), "k", {"v": 1})
+    assert len(writer.search(("mem",), refresh_ttl=False)) == 1
+    if race == "put":
+        interleaved.after_next_read = lambda: writer.put(("mem",), "k", {"v": 2})
+    else:
+        interleaved.after_next_read = lambda: writer.delete(("mem",), "k")
+    seen = reader.get(("mem",), "k") if read == "get" else reader.search(("mem",))
+    assert seen  # the reader saw version 1, then refreshed its TTL
+    after = writer.get(("mem",), "k", refresh_ttl=False)
+    if race == "put":
+        assert after is not None and after.value == {"v": 2}  # the put is not reverted
+    else:
+        assert after is None  # the delete is not undone
+        assert writer.search(("mem",)) == []
+
+
+def test_list_prefixes_and_namespaces(lg: KVLangGraphStore) -> None:
+    lg.put(["test", "a"], "k1", {"v": 1})  # type: ignore[arg-type]
+    lg.put(("test", "b"), "k2", {"v": 2})
+    lg.put(("other",), "k3", {"v": 3})
+    assert {i.key for i in lg.search(["test"])} == {"k1", "k2"}  # type: ignore[arg-type]
+    assert [i.key for i in lg.search(["test", "a"])] == ["k1"]  # type: ignore[arg-type]
+    assert lg.search(["test"]) == lg.search(("test",))  # type: ignore[arg-type]
+    item = lg.get(["test", "a"], "k1")  # type: ignore[arg-type]
+    assert item is not None and item.namespace == ("test", "a")
+
+
+def test_dotted_filter_keys_are_nested_paths(lg: KVLangGraphStore) -> None:
+    lg.put(("u",), "admin", {"user": {"access-level": "admin", "age": 40}, "name": "a"})
+    lg.put(("u",), "guest", {"user": {"access-level": "guest", "age": 20}, "name": "g"})
+    lg.put(("u",), "flat", {"user.access-level": "admin", "user": "not a dict"})
+
+    def keys(filter: dict[str, Any]) -> set[str]:
+        return {i.key for i in lg.search(("u",), filter=filter)}
+
+    assert keys({"user.access-level": "guest"}) == {"guest"}
+    assert keys({"user.age": {"$gte": 30}}) == {"admin"}
+    # a key that exists as written wins over the path
+    assert keys({"user.access-level": "admin"}) == {"admin", "flat"}
+    assert keys({"user.missing.deeper": None}) == {"admin", "guest", "flat"}
+
+
+class CountingStore(InterleavedStore):
+    """A real store that counts the records read through it."""
+
+    def __init__(self, store: BaseStore) -> None:
+        super().__init__(store)
+        self.records_read = 0
+
+    def get_many(self, keys: list[str]) -> Any:
+        self.records_read += len(keys)
+        return super().get_many(keys)
+
+
+def test_search_reads_from_the_index_not_every_item(store: BaseStore) -> None:
+    counting = CountingStore(store)
+    lg = KVLangGraphStore(counting, clock=SimClock(1_700_000_000.0))  # type: ignore[arg-type]
+    for i in range(300):
+        lg.put(("bulk", f"u{i % 3}"), f"k{i}", {"i": i, "even": i % 2 == 0})
+        lg.clock.advance(1)  # type: ignore[attr-defined]
+    lg.put(("elsewhere",), "x", {"i": -1})
+    lg.search(("nothing",))  # the one-time index check
+    counting.records_read = 0
+    newest = lg.search(("bulk",), limit=5)
+    assert [i.value["i"] for i in newest] == [299, 298, 297, 296, 295]
+    assert counting.records_read <= 64  # one page, not the 301 items
+    counting.records_read = 0
+    evens = lg.search(("bulk", "u1"), filter={"even": True}, limit=3, offset=1)
+    reference = [i for i in reversed(range(300)) if i % 3 == 1 and i % 2 == 0][1:4]
+    assert [i.value["i"] for i in evens] == reference
+    assert counting.records_read <= 64
+
+
+def test_expired_items_leave_the_index() -> None:
+    ttl_clock = TTLClock()
+    store = LocalStore(ttl_clock=ttl_clock)
+    lg = KVLangGraphStore(store, clock=SimClock(1_700_000_000.0))
+    lg.put(("s", "a"), "short", {"v": 1}, ttl=1.0)
+    lg.put(("s", "a"), "kept", {"v": 2})
+    assert len(lg.search(("s",))) == 2
+    ttl_clock.t = 61.0
+    assert [i.key for i in lg.search(("s",))] == ["kept"]
+    for prefix in [(), ("s",), ("s", "a")]:  # the stale entry is gone from every level
+        assert [m for m, _ in store.index_range(lg._index(prefix))] == [lg._key(("s", "a"), "kept")]
+
+
+def test_items_written_before_the_index_are_found(store: BaseStore) -> None:
+    """A store written by the index-less KVLangGraphStore: the same records, no index."""
+    for i, ns in enumerate([("old", "a"), ("old", "b")]):
+        meta = {
+            "v": 1,
+            "namespace": list(ns),
+            "key": f"k{i}",
+            "value": {"i": i},
+            "created_at": f"2024-01-0{i + 1}T00:00:00+00:00",
+            "updated_at": f"2024-01-0{i + 1}T00:00:00+00:00",
+            "ttl_min": None,
+        }
+        store.put_tensors(f"lg:old/{ns[1]}:k{i}", {}, meta)
+    lg = KVLangGraphStore(store)
+    assert [i.key for i in lg.search(("old",))] == ["k1", "k0"]  # newest first
+    assert store.exists("lg:indexed-v1")
+    assert lg.list_namespaces() == [("old", "a"), ("old", "b")]  # the marker is no namespace

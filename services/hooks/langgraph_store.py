@@ -13,17 +13,30 @@ separator and plain keys stay in kv_store's readable key alphabet; langgraph alr
 forbids "." in labels and kv_store hashes keys longer than 200 bytes (blake2b) while still
 listing them by their original names.
 
+Index: every item is a member of one kv_store index per prefix of its namespace (the root
+`()` included), named `<prefix>:<encoded namespace prefix>`, scored by its `updated_at` (epoch
+seconds). A put writes the record, then adds it to its indexes; a delete takes it out of its
+indexes, then deletes the record; so an item that exists is always in its indexes (an index
+entry whose record is gone, after an expiry or a put racing a delete, is skipped and removed,
+only while it still has the score that was seen). Stores written before the index existed
+are indexed once, on the first search (`reindex()`), marked by a `<prefix>:indexed-v1` record.
+
 Semantics:
 - Ops of one batch run in order (a get after a put in the same batch sees the put).
+- Namespaces and prefixes may be tuples or lists of labels.
 - TTL is in minutes, as in langgraph (`PutOp.ttl`, `TTLConfig.default_ttl`); expiry is the
   backend's own (Redis PEXPIRE; LocalStore's TTL clock). Reads with `refresh_ttl` (the default,
-  or `TTLConfig.refresh_on_read`) rewrite the item with its TTL restarted.
-- `search`: namespace prefix, `filter` (exact values, nested dicts, and `$eq`, `$ne`, `$gt`,
-  `$gte`, `$lt`, `$lte`), then with a `query` items are ranked by the lexical similarity of the
-  query to their JSON text (`services.agent_log.lexical_similarity`; `score` is set), else by
-  most recently updated first; then offset/limit. At most `max_scan` items are read per search.
+  or `TTLConfig.refresh_on_read`) restart the TTL with the store's `touch`: the record is not
+  rewritten, so a read never reverts a concurrent put or undoes a delete.
+- `search`: walks the prefix's index newest first, reading records a page at a time, keeping
+  those that pass `filter` (exact values, nested dicts, dotted keys as paths into nested
+  values (`{"user.level": 3}`; a key that exists as written wins), and `$eq`, `$ne`, `$gt`,
+  `$gte`, `$lt`, `$lte`), until `offset + limit` are found. With a `query`, every candidate
+  (at most `max_scan`) is ranked by the lexical similarity of the query to its JSON text
+  (`services.agent_log.lexical_similarity`; `score` is set); then offset/limit. At most
+  `max_scan` index entries are read per search.
 - `list_namespaces`: prefix/suffix conditions with "*" wildcards, `max_depth` truncation,
-  sorted, then offset/limit.
+  sorted, then offset/limit (it lists the live records' keys).
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
@@ -57,6 +70,9 @@ from services.agent_log import lexical_similarity
 
 FORMAT_VERSION = 1
 DEFAULT_MAX_SCAN = 10_000
+#: Index entries read per page of a search (doubling up to `_MAX_PAGE` while more are needed).
+_FIRST_PAGE = 64
+_MAX_PAGE = 2048
 _NO_TENSORS: dict[str, Any] = {}
 
 
@@ -69,7 +85,7 @@ def decode_label(text: str) -> str:
     return unquote(text.replace("=", "%"))
 
 
-def encode_namespace(namespace: tuple[str, ...]) -> str:
+def encode_namespace(namespace: Sequence[str]) -> str:
     return "/".join(encode_label(label) for label in namespace)
 
 
@@ -100,9 +116,10 @@ class KVLangGraphStore(BaseStore):
         self.ttl_config = ttl
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_scan = max_scan
+        self._indexed = False
 
     # -- keys ----------------------------------------------------------------------------------
-    def _key(self, namespace: tuple[str, ...], key: str) -> str:
+    def _key(self, namespace: Sequence[str], key: str) -> str:
         return f"{self.prefix}:{encode_namespace(namespace)}:{encode_label(str(key))}"
 
     def _split(self, record_key: str) -> tuple[tuple[str, ...], str] | None:
@@ -110,6 +127,13 @@ class KVLangGraphStore(BaseStore):
         if len(parts) != 3 or parts[0] != self.prefix:
             return None
         return decode_namespace(parts[1]), decode_label(parts[2])
+
+    def _index(self, namespace_prefix: Sequence[str]) -> str:
+        return f"{self.prefix}:{encode_namespace(namespace_prefix)}"
+
+    def _indexes(self, namespace: Sequence[str]) -> list[str]:
+        """The indexes an item of `namespace` is in: one per prefix, the root included."""
+        return [self._index(namespace[:depth]) for depth in range(len(namespace) + 1)]
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.now(), tz=UTC)
@@ -142,18 +166,13 @@ class KVLangGraphStore(BaseStore):
         return bool((self.ttl_config or {}).get("refresh_on_read", True))
 
     def _read(self, record_key: str) -> dict[str, Any] | None:
-        record = self.store.get_tensors(record_key)
-        if record is None:
-            return None
-        meta = record[1]
-        if meta.get("v") != FORMAT_VERSION or "value" not in meta:
-            return None
-        return meta
+        return _item_meta(self.store.get_tensors(record_key))
 
     def _touch(self, record_key: str, meta: Mapping[str, Any]) -> None:
+        """Restart the item's TTL without rewriting it (see the module docstring)."""
         ttl_min = meta.get("ttl_min")
         if ttl_min:
-            self.store.put_tensors(record_key, _NO_TENSORS, meta, ttl_s=float(ttl_min) * 60.0)
+            self.store.touch(record_key, float(ttl_min) * 60.0)
 
     def _item(self, meta: Mapping[str, Any]) -> Item:
         return Item(
@@ -176,6 +195,7 @@ class KVLangGraphStore(BaseStore):
     def _put(self, op: PutOp) -> None:
         record_key = self._key(op.namespace, op.key)
         if op.value is None:
+            self.store.index_remove(self._indexes(op.namespace), record_key)
             self.store.delete(record_key)
             return
         if not isinstance(op.value, Mapping):
@@ -185,52 +205,88 @@ class KVLangGraphStore(BaseStore):
             isinstance(ttl_min, bool) or not math.isfinite(ttl_min) or ttl_min <= 0
         ):
             raise ValueError(f"ttl must be a positive number of minutes or None, got {ttl_min!r}")
-        now = self._now().isoformat()
+        now = self._now()
         previous = self._read(record_key)
         meta = {
             "v": FORMAT_VERSION,
             "namespace": list(op.namespace),
             "key": str(op.key),
             "value": dict(op.value),
-            "created_at": previous["created_at"] if previous else now,
-            "updated_at": now,
+            "created_at": previous["created_at"] if previous else now.isoformat(),
+            "updated_at": now.isoformat(),
             "ttl_min": ttl_min,
         }
         self.store.put_tensors(
             record_key, _NO_TENSORS, meta, ttl_s=None if ttl_min is None else ttl_min * 60.0
         )
+        self.store.index_add(self._indexes(op.namespace), record_key, now.timestamp())
 
-    def _candidates(self, namespace_prefix: tuple[str, ...]) -> list[str]:
-        text = f"{self.prefix}:{encode_namespace(namespace_prefix)}"
-        keys = []
-        for record_key in self.store.keys(text):
-            split = self._split(record_key)
-            if split is not None and split[0][: len(namespace_prefix)] == namespace_prefix:
-                keys.append(record_key)
-                if len(keys) >= self.max_scan:
-                    break
-        return keys
+    def reindex(self) -> int:
+        """Add every item of this store to its indexes (items written before indexes existed);
+        returns how many. Safe to run again, and alongside other writers."""
+        keys = [k for k in self.store.keys(f"{self.prefix}:") if self._split(k) is not None]
+        count = 0
+        for start in range(0, len(keys), 512):
+            chunk = keys[start : start + 512]
+            for record_key, record in zip(chunk, self.store.get_many(chunk), strict=True):
+                meta = _item_meta(record)
+                if meta is not None:
+                    score = datetime.fromisoformat(meta["updated_at"]).timestamp()
+                    self.store.index_add(self._indexes(meta["namespace"]), record_key, score)
+                    count += 1
+        self.store.put_tensors(self._marker, _NO_TENSORS, {"v": FORMAT_VERSION})
+        self._indexed = True
+        return count
+
+    @property
+    def _marker(self) -> str:
+        return f"{self.prefix}:indexed-v{FORMAT_VERSION}"
+
+    def _candidates(self, op: SearchOp, enough: int | None) -> list[tuple[str, dict[str, Any]]]:
+        """Items under the op's prefix that pass its filter, newest first, read from the
+        prefix's index a page at a time until `enough` are found (None: all, up to
+        `max_scan` entries)."""
+        if not self._indexed and not self.store.exists(self._marker):
+            self.reindex()
+        self._indexed = True
+        index = self._index(tuple(op.namespace_prefix))
+        found: list[tuple[str, dict[str, Any]]] = []
+        seen: set[str] = set()
+        offset, page = 0, _FIRST_PAGE
+        while offset < self.max_scan and (enough is None or len(found) < enough):
+            entries = self.store.index_range(index, offset, min(page, self.max_scan - offset))
+            if not entries:
+                break
+            offset += len(entries)
+            page = min(2 * page, _MAX_PAGE)
+            fresh = [(m, s) for m, s in entries if m not in seen]
+            seen.update(m for m, _ in fresh)
+            records = self.store.get_many([m for m, _ in fresh])
+            for (member, score), record in zip(fresh, records, strict=True):
+                meta = _item_meta(record)
+                if meta is None:
+                    self._drop_stale(member, score)
+                elif not op.filter or all(
+                    _compare(_lookup(meta["value"], k), v) for k, v in op.filter.items()
+                ):
+                    found.append((member, meta))
+        return found
+
+    def _drop_stale(self, record_key: str, score: float) -> None:
+        """Remove an index entry whose record is gone (only while it keeps `score`)."""
+        split = self._split(record_key)
+        if split is not None:
+            self.store.index_remove(self._indexes(split[0]), record_key, score=score)
 
     def _search(self, op: SearchOp) -> list[SearchItem]:
-        keys = self._candidates(op.namespace_prefix)
-        metas = []
-        for record_key, record in zip(keys, self.store.get_many(keys), strict=True):
-            if record is None or record[1].get("v") != FORMAT_VERSION:
-                continue
-            meta = record[1]
-            if op.filter and not all(
-                _compare(meta["value"].get(k), v) for k, v in op.filter.items()
-            ):
-                continue
-            metas.append((record_key, meta))
+        metas = self._candidates(op, None if op.query else op.offset + op.limit)
         scores: list[float | None] = [None] * len(metas)
+        order = list(range(len(metas)))  # index order: most recently updated first
         if op.query:
             texts = [json.dumps(m["value"], sort_keys=True) for _, m in metas]
             similarity = lexical_similarity(op.query, texts)
             scores = [float(s) for s in similarity]
-            order = sorted(range(len(metas)), key=lambda i: -similarity[i])
-        else:
-            order = sorted(range(len(metas)), key=lambda i: metas[i][1]["updated_at"], reverse=True)
+            order = sorted(order, key=lambda i: -similarity[i])
         chosen = order[op.offset : op.offset + op.limit]
         if self._refresh(op.refresh_ttl):
             for i in chosen:
@@ -262,6 +318,28 @@ class KVLangGraphStore(BaseStore):
         if op.max_depth is not None:
             matching = list({ns[: op.max_depth] for ns in matching})
         return sorted(matching)[op.offset : op.offset + op.limit]
+
+
+def _item_meta(record: tuple[Any, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The item a kv_store record holds, or None (absent, or not an item of this format)."""
+    if record is None:
+        return None
+    meta = record[1]
+    if meta.get("v") != FORMAT_VERSION or "value" not in meta:
+        return None
+    return meta
+
+
+def _lookup(value: Mapping[str, Any], key: str) -> Any:
+    """`value[key]`, or for a dotted key that is not a key of `value`, the nested path."""
+    if key in value or "." not in key:
+        return value.get(key)
+    current: Any = value
+    for part in key.split("."):
+        if not isinstance(current, Mapping):
+            return None
+        current = current.get(part)
+    return current
 
 
 def _matches(condition: MatchCondition, namespace: tuple[str, ...]) -> bool:
