@@ -6,6 +6,8 @@ from timestamps).
 Decision rule, for the tool relevant to the last user message, first match wins:
 
 1. no user request, or only a closing remark ("thanks") -> answer (`no_request`, `closing`);
+   a general question (knowledge, advice, writing; `cues.RequestCues.general`) that names no
+   argument of a cached call -> answer (`general_question`);
 2. an action tool (create, book, send, ...) and a request to do, redo or confirm it -> call
    (`action_request`), whatever the age of its last result;
 3. no earlier result -> call (`no_result`);
@@ -13,16 +15,21 @@ Decision rule, for the tool relevant to the last user message, first match wins:
    (`retry_after_failure`), unless the user asks about the failure (`failure_explained`);
 5. an explicit freshness request ("check again", "is it still", "any update") -> call
    (`freshness_request`);
-6. no cached result covers the request (entities, fields; a time the result can be compared
-   with and an item of a listed result count as covered) -> call (`not_covered`);
-7. an action tool asked about what it did -> answer from its record (`action_record`), unless
+6. the user asks what the earlier result said ("remind me", "when we checked") -> answer
+   (`recall`);
+7. no cached result covers the request (entities, fields; a time the result can be compared
+   with and an item of a listed result count as covered; the X of "what about X?" must appear
+   in the cached exchange) -> call (`not_covered`);
+8. an action tool asked about what it did -> answer from its record (`action_record`), unless
    the record shows the action still in progress ("pending"): then its age decides, as below;
-8. the result's age against its horizon -> call past it (`past_horizon`), else answer
-   (`within_horizon`). The horizon is the one the result declares (Cache-Control, ttl,
-   expires_at), else the tool spec's declared one, else one learned from re-calls (Gamma-Poisson,
-   `rates.ChangeRateModel`), else the inferred one (description, lexicon, MiniLM); a tracked
-   process in a final state ("delivered") keeps for days. Without any times, tools whose horizon
-   is under `NO_TIMES_CALL_BELOW_S` are called and others answered.
+9. the result's age against its horizon -> call past it (`past_horizon`), else answer
+   (`within_horizon`); a total, rate or what-if over the shown data (`cues.derived`) is
+   answered up to `REASONING_GRACE_S` past a horizon inferred from words. The horizon is the
+   one the result declares (Cache-Control, ttl, expires_at), else the tool spec's declared one,
+   else one learned from re-calls (Gamma-Poisson, `rates.ChangeRateModel`), else the inferred
+   one (description, lexicon, MiniLM); a tracked process in a final state ("delivered") keeps
+   for days. Without any times, tools whose horizon is under `NO_TIMES_CALL_BELOW_S` are called
+   and others answered.
 
 Tool relevance: request words (minus common words) in the tool's name count 2, in its
 description or parameters 1, in the arguments or content of its cached exchange 1; ties go to
@@ -50,7 +57,7 @@ import numpy as np
 from memory.clock import Clock
 from memory.temporal.chat import Chat, ToolResult, read_chat
 from memory.temporal.coverage import COMMON_WORDS, Coverage, check_coverage
-from memory.temporal.cues import RequestCues, read_request, wants_action
+from memory.temporal.cues import ACT_VERBS, GENERIC_DO, RequestCues, read_request, wants_action
 from memory.temporal.horizons import (
     CLASS_HORIZON_S,
     Embedder,
@@ -88,6 +95,9 @@ DESCRIPTION_SCORE = 1
 EXCHANGE_SCORE = 1
 NO_TIMES_CALL_BELOW_S = 120.0
 TERMINAL_HORIZON_S = CLASS_HORIZON_S[Volatility.DAYS]
+# A total, rate or what-if over data the user has just seen is answered from it for this long
+# even past a horizon inferred from the tool's words (never past a declared or learned one).
+REASONING_GRACE_S = 30 * 60.0
 _PROPOSAL = re.compile(
     r"\b(?:shall|should|can|may) i\b|\bwould you like\b|\bdo you want\b|\b(?:want|like) me to\b|"
     r"\bconfirm\b|\bproceed\b|\bgo ahead\b|\bok(?:ay)? to\b|\bsound good\b|\bwould that work\b|"
@@ -102,6 +112,8 @@ class ReasonCode(StrEnum):
     NO_REQUEST = "no_request"
     CLOSING = "closing"
     NO_TOOL = "no_tool"
+    GENERAL_QUESTION = "general_question"
+    RECALL = "recall"
     ACTION_REQUEST = "action_request"
     NO_RESULT = "no_result"
     RETRY_AFTER_FAILURE = "retry_after_failure"
@@ -146,6 +158,7 @@ class _Horizon:
     seconds: float
     source: str
     volatility: Volatility
+    inferred: bool = False  # from the tool's words or a default, not declared or learned
 
 
 class ToolCallAdvisor:
@@ -235,6 +248,11 @@ class ToolCallAdvisor:
             return _answer_only("no user message to advise on", ReasonCode.NO_REQUEST, seen, notes)
         request, cues = self._request(chat)
         seen += _cue_names(cues)
+        if cues.general and not wants_action(cues) and not _names_a_cached_argument(chat, request):
+            return _answer_only(
+                "a general question (knowledge, advice or writing): no tool's data needed",
+                ReasonCode.GENERAL_QUESTION, seen, notes,
+            )  # fmt: skip
         entry = self._select(chat, request, cues, self._available(tools, seen))
         if entry is None:
             return _answer_only("no available tool is relevant", ReasonCode.NO_TOOL, seen, notes)
@@ -310,6 +328,9 @@ class ToolCallAdvisor:
         if not entries:
             return None
         request_words = frozenset(words(request)) - COMMON_WORDS
+        acting = _acting_tools(cues, entries)
+        if acting:  # "book the 3:20": a tool that acts, not the lookup that listed the slots
+            entries = acting
         best, best_key = entries[0], (0, False)
         for entry in entries:
             score = NAME_SCORE * len(request_words & entry.name_words)
@@ -349,7 +370,7 @@ class ToolCallAdvisor:
 
 
 class _Judgement:
-    """One decision in progress: rules 2-8 of the module docstring for the selected tool."""
+    """One decision in progress: rules 2-9 of the module docstring for the selected tool."""
 
     def __init__(
         self,
@@ -405,6 +426,18 @@ class _Judgement:
                 True, age, None, f"the user asks for a fresh look ({cues.freshness!r})",
                 ReasonCode.FRESHNESS_REQUEST,
             )  # fmt: skip
+        if cues.recall and not nature.is_action:
+            return self._out(
+                False, age, True, f"the user asks what the earlier {name} result said",
+                ReasonCode.RECALL,
+            )  # fmt: skip
+        subject = frozenset(words(cues.subject or "")) - COMMON_WORDS
+        if subject and not subject & _exchange_words(last):
+            return self._out(
+                True, age, False,
+                f"the user asks about {cues.subject!r}, which the cached {name} exchange never "
+                "mentions", ReasonCode.NOT_COVERED,
+            )  # fmt: skip
         result, coverage = self._covering_result(last)
         age = chat.age(result.index)
         if not coverage.covered:
@@ -433,6 +466,18 @@ class _Judgement:
             return self._out(
                 call, None, True, f"no times to age the {name} result; its {text}: {verdict}",
                 ReasonCode.PAST_HORIZON if call else ReasonCode.WITHIN_HORIZON,
+            )  # fmt: skip
+        if (
+            self.cues.derived
+            and horizon.inferred
+            and age <= max(horizon.seconds, REASONING_GRACE_S)
+        ):
+            return self._out(
+                False, age, True,
+                f"the {name} result is {humanize_duration(age)} old and the request reasons over "
+                f"it (a total, a rate, a what-if): within {humanize_duration(REASONING_GRACE_S)} "
+                f"that data still answers it ({text})",
+                ReasonCode.WITHIN_HORIZON,
             )  # fmt: skip
         if age > horizon.seconds:
             old = humanize_duration(age)
@@ -487,7 +532,7 @@ class _Judgement:
         base = self.entry.horizon
         if base.source == "declared":
             return _Horizon(base.horizon_s, base.source, base.volatility)
-        horizon = _Horizon(base.horizon_s, base.source, base.volatility)
+        horizon = _Horizon(base.horizon_s, base.source, base.volatility, inferred=True)
         evidence = self._evidence(result)
         if evidence.observations > 0:
             seconds = self.advisor._learned_horizon(evidence, base.horizon_s)
@@ -552,12 +597,39 @@ def _cue_names(cues: RequestCues) -> list[str]:
         ("about_failure", cues.about_failure),
         ("comparison", cues.comparison),
         ("closing", cues.closing),
+        ("general_question", cues.general),
+        ("recall", cues.recall),
+        ("derived", cues.derived),
     ]
     return [name for name, present in names if present]
 
 
 _EXCHANGE_WORDS: dict[str, frozenset[str]] = {}
 _EXCHANGE_WORDS_MAX = 4096  # bounded; a conversation's cached exchange is re-read every decision
+
+
+def _acting_tools(cues: RequestCues, entries: list[_ToolEntry]) -> list[_ToolEntry]:
+    """For a request to act, the tools that can do it: action tools whose verbs fit, else any
+    action tool, else tools named after the requested verb ("enroll" -> "enrollment")."""
+    if cues.question or not cues.requested_verbs & ACT_VERBS:
+        return []
+    actions = [e for e in entries if e.nature.is_action]
+    fitting = [e for e in actions if cues.requested_verbs & e.nature.verbs]
+    if fitting or actions:
+        return fitting or actions
+    stems = {v[:5] for v in cues.requested_verbs - GENERIC_DO if len(v) >= 4}
+    return [e for e in entries if any(w[:5] in stems for w in e.name_words if len(w) >= 4)]
+
+
+def _names_a_cached_argument(chat: Chat, request: str) -> bool:
+    """Whether the request names a value an earlier tool call was made with ("why is Oslo so
+    warm?" after get_weather(city=Oslo) is about the cached data, not general knowledge)."""
+    request_words = frozenset(words(request)) - COMMON_WORDS
+    for call in chat.called_tools().values():
+        values = " ".join(str(v) for v in call.arguments.values())
+        if request_words & (frozenset(words(values)) - COMMON_WORDS):
+            return True
+    return False
 
 
 def _exchange_words(result: ToolResult) -> frozenset[str]:

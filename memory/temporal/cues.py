@@ -18,6 +18,19 @@ Rules of English any agent host meets, not fitted to data:
 - **Affirmation**: a short turn starting "yes", "sure", "ok", "go ahead", "do it", "proceed"
   (the advisor counts it only after the assistant proposed something).
 - **About a failure**: "why did it fail", "what was the error", "what went wrong".
+- **General question**: knowledge, advice or writing that no tool's data answers: "what's a",
+  "what does ... mean", "the difference between", "why does ..." (not "why is the/my ..."),
+  "how do you/people ...", "how does ... work", "explain", "who was", "tips", "is it ok/safe/
+  normal to", "should I", "help me write", "in general", "how do you say". Words that point at
+  the user's live world ("current", "today", "status", "my order", "left", ...) veto it; the
+  advisor also vetoes it when the turn names an argument of a cached call.
+- **Recall**: "remind me", "when we checked", "you said", "at the time", "that day": the user
+  asks what the earlier result said, which a new call would not tell.
+- **Derived**: arithmetic or a hypothetical over the data already shown ("in total", "per day",
+  "what percent", "work out to", "bigger than", "if I ..., which/would/is ..."): answerable by
+  reasoning while the data is not long stale.
+- **Follow-up subject**: "what about X?", "how about X?", "and X?": X is what the turn asks
+  about (the advisor calls when the cached exchange never mentions it).
 - **Comparison**: "by", "before", "after", "until", "in time", "than", "cheapest", "earliest",
   "which one", ...: the question may be settled by reasoning over the cached result.
 """
@@ -112,6 +125,46 @@ _COMPARISON = re.compile(
     r"at least|at most|cheapest|fastest|earliest|nearest|closest|cheaper|faster|shortest|"
     r"longest|highest|lowest|best|worst|which one|which of|first|second|third|last|next)\b"
 )
+_GENERAL = re.compile(
+    r"\bwhat(?:'s| is| are) (?:a|an|some|the difference|the point|the purpose|the best way|"
+    r"the usual|the typical|a good|a typical)\b|\bwhat (?:does|do) [\w' -]+ mean\b|"
+    r"\bdifference between\b|"
+    r"\bwhy (?:do|does|is|are|would|can|did|should) (?!the\b|this\b|that\b|these\b|those\b|"
+    r"it\b|my\b|our\b|your\b|there\b|mine\b|he\b|she\b|they\b)|"
+    r"\bhow (?:do|does|can|should|would) (?:you|i|one|people|teams|someone|anyone|a|an)\b|"
+    r"\bhow (?:do|does) [\w' -]+ (?:form|work|happen|differ|compare)\b|"
+    r"^(?:\w+ )?explain\b|\bwho (?:was|were|invented|wrote|discovered|founded)\b|"
+    r"\btips?\b|\bis it (?:ok|okay|safe|normal|smart|bad|good|wise|worth|true|common|legal|rude|"
+    r"polite|healthy|better)\b|\bshould i\b|\bwhat should i\b|\bwhen should\b|"
+    r"\bhelp me (?:write|draft|word|phrase|compose|understand)\b|"
+    r"^(?:\w+ )?(?:write|draft|compose) (?:a|an|me)\b|\bwhat (?:kind|type|sort)s? of\b|"
+    r"\bin general\b|\bgenerally\b|\btypically\b|\busually\b|\broughly how\b|"
+    r"\bhow do you (?:say|spell|pronounce)\b"
+)
+_LIVE_WORLD = re.compile(
+    r"\b(?:current(?:ly)?|today|tonight|tomorrow|yesterday|this (?:morning|afternoon|evening|"
+    r"week|month|year)|status|left|remaining|available|availability|open|closed|my (?:order|"
+    r"account|booking|reservation|ticket|balance|request|claim|package|delivery|appointment|"
+    r"application|case|bill|plan|subscription)|our (?:order|account|booking|build|deploy|"
+    r"cluster|server|site|store|system)|price|prices|cost|costs|how (?:much|many) (?!\w+ did))\b"
+)
+_RECALL = re.compile(
+    r"\bremind me\b|\bwhen (?:we|you|i) (?:checked|looked|asked)\b|\byou (?:said|told|mentioned|"
+    r"showed)\b|\bat the time\b|\bthat day\b|\bback then\b|\bwhat did (?:it|you|that) say\b"
+)
+_DERIVED = re.compile(
+    r"\bin total\b|\baltogether\b|\bcombined\b|\bsum\b|\baverage\b|\bpercent\w*\b|%|"
+    r"\bper (?:day|night|hour|week|month|person|head|unit|item)\b|\bwork(?:s)? out (?:to|at)\b|"
+    r"\b(?:bigger|smaller|larger|higher|lower|more|less|longer|shorter|cheaper|dearer) than\b|"
+    r"\bhow (?:much|many|long|far) (?:would|will|is that|does that)\b|\bwould (?:that|it|i) be\b|"
+    r"\bif i\b[^?]*\b(?:which|would|will|is|can|could|do|does)\b|\bhow far apart\b|"
+    r"\bwhy(?:'s| is| are) the (?:first|second|third|last|other)\b|\bthe (?:first|second|other) "
+    r"one\b|\bin (?:euros?|dollars?|pounds?|usd|eur|gbp|percent)\b"
+)
+_SUBJECT = re.compile(
+    r"^(?:(?:ok|okay|and|so|also|now|hmm|great|thanks|cool)[,!.]?\s+)*(?:(?:what|how) about|and)\s+"
+    r"(?P<subject>[^?.!]+?)\s*(?:\?|[.!]|$)"
+)
 _SENTENCES = re.compile(r"(?<=[.?!;])\s+|\n+")
 _TOKENS = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -128,6 +181,10 @@ class RequestCues:
     about_failure: bool = False
     comparison: bool = False
     closing: bool = False
+    general: bool = False  # knowledge, advice or writing: no tool's data needed
+    recall: bool = False  # what did the earlier result say
+    derived: bool = False  # arithmetic or a hypothetical over the shown data
+    subject: str | None = None  # X of "what about X?"
 
 
 def wants_action(cues: RequestCues, tool_verbs: frozenset[str] = frozenset()) -> bool:
@@ -167,6 +224,12 @@ def read_request(text: str) -> RequestCues:
         and "?" not in lowered
         and freshness is None
         and all(t in CLOSING_WORDS for t in tokens),
+        general=freshness is None
+        and bool(_GENERAL.search(lowered))
+        and not _LIVE_WORLD.search(lowered),
+        recall=bool(_RECALL.search(lowered)),
+        derived=freshness is None and question and bool(_DERIVED.search(lowered)),
+        subject=subject.group("subject") if (subject := _SUBJECT.match(lowered)) else None,
     )
 
 

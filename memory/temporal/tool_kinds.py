@@ -45,6 +45,9 @@ READ_VERBS = wordset(
     summarize summarise explain compare recommend suggest predict forecast validate verify
     inspect scan detect analyze analyse measure locate geocode ping poll load"""
 )
+NOUN_LIKE_VERBS = wordset(
+    "schedule order transfer post update set change record return purchase request plan"
+)
 READ_NOUNS = wordset(
     """status history detail info information list lookup search availability quote estimate
     balance summary report log record price rate state progress eta tracker"""
@@ -88,7 +91,8 @@ def classify_tool(spec: ToolSpec) -> ToolNature:
     if read_only is True:
         return ToolNature(ToolKind.READ, "annotations", False, idempotent)
     if read_only is False or destructive is True:
-        own = verbs or frozenset(name[:1])
+        described = frozenset(v for w in words(spec.description) if (v := verb(w, ACTION_VERBS)))
+        own = verbs or described or frozenset(name[:1])
         return ToolNature(ToolKind.ACTION, "annotations", destructive, idempotent, own)
     kind = _kind_from_name(name)
     source = "name"
@@ -113,7 +117,11 @@ def _kind_from_name(name: list[str]) -> ToolKind | None:
         return ToolKind.READ if READ_NOUNS & set(rest) else ToolKind.ACTION
     if READ_NOUNS & set(name):
         return ToolKind.READ
-    if any(verb(w, ACTION_VERBS) for w in rest):
+    # A verb inside the name acts ("user_create", "invoice_send_v2"); a last word that is as
+    # often a noun ("class_schedule", "purchase_order") names a thing, so it does not decide.
+    if any(verb(w, ACTION_VERBS) for w in rest[:-1]) or (
+        rest and verb(rest[-1], ACTION_VERBS) and rest[-1] not in NOUN_LIKE_VERBS
+    ):
         return ToolKind.ACTION
     return None
 
