@@ -278,8 +278,19 @@ def serve(
     idle_evict_s: Annotated[
         float, typer.Option(help="Seconds unused before a session leaves memory for the store.")
     ] = 600.0,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="HEAD:PORT of a running Ray cluster (`ray start --head`) to serve from, "
+            "instead of a local Ray; its token auth is the cluster's own. Needs a --store "
+            "redis:// URL that every node reaches."
+        ),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API: a local Ray + Ray Serve with the policy and session actors."""
+    """Serve the HTTP API: Ray Serve with the policy and session hosts.
+
+    On a local Ray by default; with --address, on a running Ray cluster.
+    """
     from services.deployment import ServeSettings
     from services.http_app import HttpSettings
     from services.policy_worker import MODEL_NAMES, WorkerSpec
@@ -290,6 +301,7 @@ def serve(
         console.print(f"[red]error[/]: --model must be one of {', '.join(MODEL_NAMES)}")
         raise typer.Exit(2)
     try:
+        check_cluster_options(address, store, num_cpus)
         tokens = parse_tokens(token or [])
         settings = ServeSettings(
             worker=WorkerSpec.model_validate({"model": model, "placement": placement}),
@@ -306,7 +318,29 @@ def serve(
     except (ValueError, RayAuthDisabled) as err:
         console.print(f"[red]error[/]: {escape(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from err
-    run_server(settings, host=host, port=port, embedded=store == "embedded", num_cpus=num_cpus)
+    run_server(
+        settings,
+        host=host,
+        port=port,
+        embedded=store == "embedded",
+        num_cpus=num_cpus,
+        address=address,
+    )
+
+
+def check_cluster_options(address: str | None, store: str, num_cpus: int | None) -> None:
+    """With ``--address`` the session hosts run on the cluster's nodes: an embedded
+    redis-server (loopback on this machine) or a CPU count of a local Ray make no sense."""
+    if address is None:
+        return
+    if store == "embedded":
+        raise ValueError(
+            "--address: the embedded redis-server listens on this machine's loopback, out of "
+            "reach of the other nodes' session hosts; give --store redis://HOST:PORT that "
+            "every node reaches"
+        )
+    if num_cpus is not None:
+        raise ValueError("--num-cpus sizes a local Ray; a cluster's nodes declare their own")
 
 
 def parse_tokens(values: list[str]) -> dict[str, str]:
@@ -341,7 +375,13 @@ def parse_tokens(values: list[str]) -> dict[str, str]:
 
 
 def run_server(
-    settings: Any, *, host: str, port: int, embedded: bool, num_cpus: int | None
+    settings: Any,
+    *,
+    host: str,
+    port: int,
+    embedded: bool,
+    num_cpus: int | None,
+    address: str | None = None,
 ) -> None:  # pragma: no cover - runs until interrupted
     import signal
     import time
@@ -367,12 +407,15 @@ def run_server(
             settings = settings.model_copy(update={"store": StoreSpec(url=redis_server.url)})
     if host != "127.0.0.1" and not settings.http.tokens:
         console.print(f"[yellow]warning[/]: binding {host} without --token: anyone can connect")
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        namespace=settings.ray_namespace,
-        log_to_driver=False,
-    )
+    if address is not None:  # a running cluster: its nodes, its token auth
+        ray.init(address=address, namespace=settings.ray_namespace, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            namespace=settings.ray_namespace,
+            log_to_driver=False,
+        )
     try:
         # After ray.init, which installs handlers of its own: SIGTERM (service managers) and
         # SIGINT (also when started in the background, where the shell ignores it) both shut
@@ -393,9 +436,26 @@ def run_server(
         console.print("stopping")
     finally:
         ray_serve.shutdown()
+        if address is not None:  # a local Ray takes its actors along; a cluster does not
+            stop_session_hosts(settings.ray_namespace)
         ray.shutdown()
         if redis_server is not None:
             redis_server.stop()
+
+
+def stop_session_hosts(ray_namespace: str) -> int:
+    """Kill the (detached) session hosts of ``ray_namespace``; how many there were."""
+    import contextlib
+
+    import ray
+
+    killed = 0
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == ray_namespace and actor["name"].startswith("tempomem/host/"):
+            with contextlib.suppress(ValueError):  # already gone
+                ray.kill(ray.get_actor(actor["name"], namespace=ray_namespace))
+                killed += 1
+    return killed
 
 
 @app.command()
