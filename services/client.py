@@ -20,6 +20,10 @@ namespace in ``X-Tempomem-Namespace``, and a mismatch is a ``PermissionError`` (
 HTTP errors map to Python ones: 401/403 ``PermissionError``, 404 ``LookupError``, 413 and 422
 ``ValueError`` (the server's detail, naming the field), 503 and other failures
 ``TempomemHTTPError`` (a ``RuntimeError`` with ``status`` and ``detail``).
+
+``client.stream(session)`` (HTTP clients only) steps one robot over one WebSocket instead of a
+request per step (``services.stream_client``, protocol in ``services.http_stream``); its
+errors are the same.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from services.policy_worker import ModelFactory, WorkerSpec
     from services.session import ServeWorker, SessionConfig, StoreSpec
     from services.session_host import HostSpec
+    from services.stream_client import AsyncStepStream, StepStream, StreamCore
 
 
 class Transport(Protocol):
@@ -181,7 +186,8 @@ class TempomemHTTPError(RuntimeError):
         self.detail = detail
 
 
-def _http_result(status: int, body: Any) -> Any:
+def http_result(status: int, body: Any) -> Any:
+    """``body`` for a 2xx ``status``; else the Python error the status maps to."""
     if 200 <= status < 300:
         return body
     detail = body.get("detail", body) if isinstance(body, dict) else body
@@ -228,6 +234,7 @@ class HttpTransport:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
+        self.token, self.timeout_s = token, timeout_s  # for streams (a secret: never shown)
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
     def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
@@ -235,12 +242,12 @@ class HttpTransport:
         response = self._http.request(
             verb, path, json=payload, headers={NAMESPACE_HEADER: session.namespace}
         )
-        return _http_result(response.status_code, _body(response))
+        return http_result(response.status_code, _body(response))
 
     def get(self, path: str) -> Any:
         """GET a non-session route (``/healthz``, ``/metrics``): JSON or text."""
         response = self._http.get(path)
-        return _http_result(response.status_code, _body(response))
+        return http_result(response.status_code, _body(response))
 
     def close(self) -> None:
         self._http.close()
@@ -254,6 +261,7 @@ class AsyncHttpTransport:
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
+        self.token, self.timeout_s = token, timeout_s  # for streams (a secret: never shown)
         self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout_s)
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
@@ -261,7 +269,7 @@ class AsyncHttpTransport:
         response = await self._http.request(
             verb, path, json=payload, headers={NAMESPACE_HEADER: session.namespace}
         )
-        return _http_result(response.status_code, _body(response))
+        return http_result(response.status_code, _body(response))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -277,6 +285,26 @@ _ANSWERS: dict[str, Callable[[Any], Any]] = {
     "flush": bool,
     "delete": bool,
 }
+
+
+def step_payload(
+    step_id: int,
+    input_ids: Sequence[int],
+    prefix_len: int,
+    t: float | None,
+    choices: Sequence[Sequence[int]] | None,
+    top_k: int,
+) -> dict[str, Any]:
+    """A step request, validated here (the error names the field), as JSON-ready data."""
+    request = StepRequest(
+        step_id=step_id,
+        input_ids=list(input_ids),
+        prefix_len=prefix_len,
+        t=t,
+        choices=None if choices is None else [list(c) for c in choices],
+        top_k=top_k,
+    )
+    return request.model_dump(mode="json")
 
 
 class _ClientBase:
@@ -300,24 +328,17 @@ class _ClientBase:
             return session
         return SessionId(kind=self.kind, namespace=self.namespace, id=session)
 
-    @staticmethod
-    def _step_request(
-        step_id: int,
-        input_ids: Sequence[int],
-        prefix_len: int,
-        t: float | None,
-        choices: Sequence[Sequence[int]] | None,
-        top_k: int,
-    ) -> dict[str, Any]:
-        request = StepRequest(
-            step_id=step_id,
-            input_ids=list(input_ids),
-            prefix_len=prefix_len,
-            t=t,
-            choices=None if choices is None else [list(c) for c in choices],
-            top_k=top_k,
-        )
-        return request.model_dump(mode="json")
+    def _stream_core(self, transport: object, session_id: str | SessionId) -> StreamCore:
+        """What a stream of ``session_id`` needs from an HTTP transport (else ``TypeError``)."""
+        from services.stream_client import StreamCore
+
+        if not isinstance(transport, HttpTransport | AsyncHttpTransport):
+            raise TypeError(
+                "stream() speaks to a `tempomem serve` over WebSocket: make the client with "
+                "TempomemClient.connect(url, ...) (or AsyncTempomemClient.connect)"
+            )
+        session = self.session_id(session_id)
+        return StreamCore(transport.url, session, transport.token, transport.timeout_s)
 
     @staticmethod
     def _reset_request(reason: str | None) -> dict[str, Any]:
@@ -412,7 +433,7 @@ class TempomemClient(_ClientBase):
         top_k: int = 8,
     ) -> StepResponse:
         """One control step; see ``StepRequest`` and ``StepResponse``."""
-        payload = self._step_request(step_id, input_ids, prefix_len, t, choices, top_k)
+        payload = step_payload(step_id, input_ids, prefix_len, t, choices, top_k)
         return cast(StepResponse, self._call("step", session_id, payload))
 
     def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
@@ -437,6 +458,14 @@ class TempomemClient(_ClientBase):
         """End the session: its memory, its store record and its actor (``SessionNotFound``
         if it does not exist). True if a store record was deleted."""
         return cast(bool, self._call("delete", session_id))
+
+    def stream(self, session_id: str | SessionId) -> StepStream:
+        """The session's steps over one WebSocket (a client made with ``connect``): a
+        ``StepStream`` whose ``step(...)`` takes this ``step``'s arguments but the session.
+        ``with client.stream("robot-1") as s: s.step(0, ids, prefix_len)``."""
+        from services.stream_client import StepStream
+
+        return StepStream(self._stream_core(self.transport, session_id))
 
 
 class AsyncTempomemClient(_ClientBase):
@@ -490,7 +519,7 @@ class AsyncTempomemClient(_ClientBase):
         choices: Sequence[Sequence[int]] | None = None,
         top_k: int = 8,
     ) -> StepResponse:
-        payload = self._step_request(step_id, input_ids, prefix_len, t, choices, top_k)
+        payload = step_payload(step_id, input_ids, prefix_len, t, choices, top_k)
         return cast(StepResponse, await self._call("step", session_id, payload))
 
     async def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
@@ -511,3 +540,10 @@ class AsyncTempomemClient(_ClientBase):
 
     async def delete(self, session_id: str | SessionId) -> bool:
         return cast(bool, await self._call("delete", session_id))
+
+    async def stream(self, session_id: str | SessionId) -> AsyncStepStream:
+        """``TempomemClient.stream`` for asyncio, connected when awaited:
+        ``async with await client.stream("robot-1") as s: await s.step(0, ids, prefix_len)``."""
+        from services.stream_client import AsyncStepStream
+
+        return await AsyncStepStream.open(self._stream_core(self.transport, session_id))

@@ -7,6 +7,9 @@ Routes (all JSON; ``{id}`` is a session id: ``[A-Za-z0-9_.-]{1,64}``, a letter o
   ``GET /v1/sessions/{id}/metrics``, ``POST /v1/sessions/{id}/flush``,
   ``DELETE /v1/sessions/{id}``: robot sessions. Only step and reset create a session (up to
   the tenant's cap, else 429); the others answer 404 for an unknown session.
+- ``/v1/sessions/{id}/stream`` (WebSocket): the step route for a control loop, one connection
+  per robot and one JSON message per step; same auth, validation, idempotency and error codes
+  (``services.http_stream``).
 - ``POST /v1/agents/{id}/events`` (record a message, tool call, tool result or LLM start),
   ``POST /v1/agents/{id}/advise`` (``ToolCallAdvisor.decide`` on the session's log) and
   ``POST /v1/agents/{id}/reset`` (forget the session's events).
@@ -37,7 +40,6 @@ actors + the batched policy deployment) and mounts this app as the Serve ingress
 """
 
 import asyncio
-import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +60,8 @@ from services.agent_schemas import (
 from services.body_limit import BodyLimit
 from services.http_auth import HttpSettings, Tenancy, check_token
 from services.http_metrics import Metrics
+from services.http_stream import add_stream_route
+from services.json_safe import json_safe
 from services.schemas import (
     AGENT_ID_PATTERN,
     NAME_PATTERN,
@@ -197,9 +201,8 @@ def create_app(
     def agent(namespace: str, session_id: str) -> SessionId:
         return SessionId(kind="agent", namespace=namespace, id=session_id)
 
-    @app.post("/v1/sessions/{session_id}/step", response_model=StepResponse, tags=["robot"])
-    async def step(session_id: SessionPath, body: StepRequest, namespace: Namespace) -> Any:
-        """One control step of a robot session (memory loaded, frame remembered)."""
+    async def run_step(namespace: str, session_id: str, body: StepRequest) -> StepResponse:
+        """One step, for the step route and the stream route alike."""
         start = time.perf_counter()
         payload = body.model_dump(mode="json")
         result = StepResponse.model_validate(
@@ -207,6 +210,14 @@ def create_app(
         )
         metrics.step(result, time.perf_counter() - start)
         return result
+
+    @app.post("/v1/sessions/{session_id}/step", response_model=StepResponse, tags=["robot"])
+    async def step(session_id: SessionPath, body: StepRequest, namespace: Namespace) -> Any:
+        """One control step of a robot session (memory loaded, frame remembered)."""
+        return await run_step(namespace, session_id, body)
+
+    # The same step over one WebSocket per robot (services.http_stream).
+    add_stream_route(app, run_step, namespace_of, metrics, settings.max_body_bytes)
 
     @app.post("/v1/sessions/{session_id}/reset", response_model=ResetResponse, tags=["robot"])
     async def reset(
@@ -301,20 +312,6 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.state.metrics = metrics
     return app
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with what JSON cannot hold made printable: non-finite floats become the
-    strings ``"NaN"`` / ``"Infinity"`` / ``"-Infinity"``, other objects their ``str()``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 async def run_sync(fn: Callable[[], Any]) -> Any:

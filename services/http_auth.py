@@ -13,8 +13,9 @@ import re
 from collections.abc import Mapping
 from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import HTTPConnection
 
 from services.schemas import NAME_PATTERN, NAMESPACE_HEADER, SessionId
 
@@ -60,12 +61,13 @@ class HttpSettings(BaseModel):
 
 
 class Tenancy:
-    """A FastAPI dependency: the request's namespace (``Depends(Tenancy(settings.tokens))``)."""
+    """A FastAPI dependency: the request's namespace (``Depends(Tenancy(settings.tokens))``);
+    also called directly with a WebSocket (an ``HTTPConnection`` too)."""
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
         self.tokens = dict(tokens)
 
-    def __call__(self, request: Request) -> str:
+    def __call__(self, request: HTTPConnection) -> str:
         header = request.headers.get(NAMESPACE_HEADER)
         if self.tokens:
             auth = request.headers.get("authorization", "")

@@ -10,6 +10,7 @@ app in-process against a fake backend.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import socket
 import time
@@ -24,6 +25,7 @@ import ray
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
+from websockets.exceptions import ConnectionClosed
 
 from kv_store import RedisStore
 from kv_store.redis_server import LocalRedisServer
@@ -32,7 +34,13 @@ from services.client import AsyncTempomemClient, TempomemClient
 from services.deployment import POLICY_DEPLOYMENT, ServeSettings, build_app
 from services.http_app import AdviseRequest, AgentEventRequest, HttpSettings, create_app
 from services.policy_worker import WorkerSpec
-from services.schemas import SessionId, SessionLimitReached, SessionNotFound, StepResponse
+from services.schemas import (
+    SessionId,
+    SessionLimitReached,
+    SessionNotFound,
+    StepConflict,
+    StepResponse,
+)
 from services.session import SessionConfig, StoreSpec
 
 RAY_NAMESPACE = f"tempomem-http-{uuid.uuid4().hex[:8]}"
@@ -408,6 +416,107 @@ def test_reads_never_create_delete_ends_and_caps_hold(service: Service) -> None:
         assert client.step(names[room], 0, _tokens(0), PREFIX).frames_in_memory == 0
     finally:
         serve.delete(settings.app_name)
+
+
+# ------------------------------------------------------------------------------ stream
+
+
+def _ws_url(service: Service, session: str) -> str:
+    return service.url.replace("http://", "ws://") + f"/v1/sessions/{session}/stream"
+
+
+def test_stream_refuses_a_missing_bad_or_foreign_token(service: Service) -> None:
+    """The token is checked in the handshake: the greeting is the HTTP route's 401/403 and the
+    server closes the connection (1008); the client raises before any step."""
+    from websockets.sync.client import connect
+
+    with connect(_ws_url(service, "auth"), compression=None) as ws:
+        greeting = json.loads(ws.recv(timeout=30))
+        assert greeting["status"] == 401 and "token" in greeting["detail"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    refusals = [(None, "401"), ("wrong-token-0123456789", "401"), (_token("b"), "403")]
+    for token, status in refusals:
+        client = TempomemClient.connect(service.url, namespace="tenant-a", token=token)
+        with pytest.raises(PermissionError, match=status):
+            client.stream("auth")
+    with pytest.raises(TypeError, match="connect"):
+        TempomemClient("tenant-a", transport=_NotHttp()).stream("auth")
+
+
+class _NotHttp:
+    def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
+        raise AssertionError("never called")
+
+
+def test_stream_steps_equal_http_steps_and_replay_by_step_id(service: Service) -> None:
+    """The same steps over HTTP, over a sync stream and over an async stream (three sessions)
+    get the same answers; a replayed step id returns the stored answer, another body with a
+    used id is 409, and the stream goes on."""
+    tag = uuid.uuid4().hex[:6]
+    http = service.client("a")
+    over_http = [http.step(f"h-{tag}", i, _tokens(i), PREFIX, top_k=4) for i in range(4)]
+    with http.stream(f"s-{tag}") as stream:
+        over_stream = [stream.step(i, _tokens(i), PREFIX, top_k=4) for i in range(4)]
+        replay = stream.step(2, _tokens(2), PREFIX, top_k=4)
+        assert replay.replayed and replay.top_k_logits == over_stream[2].top_k_logits
+        with pytest.raises(StepConflict, match="409"):
+            stream.step(3, _tokens(99), PREFIX, top_k=4)
+        after = stream.step(4, _tokens(4), PREFIX, top_k=4)
+        assert after.frames_in_memory == 4 and not after.replayed
+    assert http.summary(f"s-{tag}").last_step_id == 4
+
+    async def run_async() -> list[StepResponse]:
+        client = AsyncTempomemClient.connect(service.url, namespace="tenant-a", token=_token("a"))
+        async with await client.stream(f"as-{tag}") as stream:
+            return [await stream.step(i, _tokens(i), PREFIX, top_k=4) for i in range(4)]
+
+    over_async = asyncio.run(run_async())
+    for a, b, c in zip(over_http, over_stream, over_async, strict=True):
+        assert a.frames_in_memory == b.frames_in_memory == c.frames_in_memory
+        assert _close(a, b) and _close(a, c), (a.top_k_logits, b.top_k_logits, c.top_k_logits)
+        assert b.session_id == f"robot/tenant-a/s-{tag}" and b.committed
+
+
+def test_stream_bad_messages_get_error_answers_and_the_connection_continues(
+    service: Service,
+) -> None:
+    """Each bad message is answered with the HTTP route's status and a detail naming the
+    problem; the next good step on the same connection is answered normally."""
+    from websockets.sync.client import connect
+
+    session = f"bad-{uuid.uuid4().hex[:6]}"
+    good = {"step_id": 0, "input_ids": _tokens(0), "prefix_len": PREFIX}
+    cases: list[tuple[str | bytes, int, str]] = [
+        ("{not json", 422, "not JSON"),
+        ("[1, 2]", 422, "dictionary"),
+        (json.dumps({**good, "prefix_len": 99}), 422, '["prefix_len"]'),
+        (json.dumps({**good, "prefixlen": 1}), 422, '["prefixlen"]'),
+        ('{"step_id": 0, "input_ids": [1, 2], "prefix_len": 1, "t": NaN}', 422, '["t"]'),
+        (json.dumps({**good, "input_ids": [1, 500, 3], "prefix_len": 2}), 422, "input_ids[1]"),
+        (b"\xff\xfe", 422, "not JSON"),
+        ("x" * (MAX_BODY + 1), 413, str(MAX_BODY)),
+    ]
+    with connect(_ws_url(service, session), additional_headers=_auth(), compression=None) as ws:
+        assert json.loads(ws.recv(timeout=30)) == {
+            "status": 200,
+            "session_id": f"robot/tenant-a/{session}",
+        }
+        for message, status, named in cases:
+            ws.send(message)
+            answer = json.loads(ws.recv(timeout=60))
+            assert answer["status"] == status and named in json.dumps(answer["detail"]), (
+                message[:40],
+                answer,
+            )
+        ws.send(json.dumps(good))
+        answer = json.loads(ws.recv(timeout=60))
+        assert answer["status"] == 200 and answer["step_id"] == 0, answer
+        assert StepResponse.model_validate({k: v for k, v in answer.items() if k != "status"})
+    with connect(_ws_url(service, "bad%20id"), additional_headers=_auth()) as ws:
+        refused = json.loads(ws.recv(timeout=30))
+        assert refused["status"] == 422 and "session id" in refused["detail"]
 
 
 # ------------------------------------------------------------------------------ fuzzing
