@@ -6,13 +6,16 @@
    is pure service overhead: request validation, the session actor, its call to the policy
    actor, the write-behind hand-off (in-process ``local`` store), response building. A session
    step is two actor hops (driver -> session -> policy) where the baseline is one.
-2. HTTP step latency, p50 and p99, through ``tempomem serve`` (Ray Serve ingress -> session
+2. Step latency, p50 and p99, through ``tempomem serve`` (Ray Serve ingress -> session
    actor -> batched policy deployment) with the tiny random LLaMA, one robot stepping
-   sequentially; beside it the same steps through the Ray client (no HTTP) as a ratio.
+   sequentially, over HTTP (a request per step) and over the stream route (one WebSocket,
+   a message per step); beside it HTTP / the Ray client (no HTTP) as a ratio.
 3. Load: 16 simulated robots at 20 Hz for ``duration_s`` (default 60 s, at most 600) against
-   local Serve with the tiny model over HTTP. A robot whose previous step has not come back at
-   its next tick drops that tick (a real controller would skip it too): reported as dropped
-   steps, with errors and the p50/p99 latency of the steps that ran.
+   local Serve with the tiny model, over HTTP and then over the stream route (one WebSocket
+   per robot), same app, same run. A robot whose previous step has not come back at its next
+   tick drops that tick (a real controller would skip it too): reported as dropped steps,
+   with errors, the p50/p99 latency of the steps that ran and the CPU time per answered step
+   by role (HTTP proxy, ingress, session hosts, policy deployment, load generator, the rest).
 
 ``python -m benchmarks.bench_service [--duration 60]`` prints the markdown.
 """
@@ -43,6 +46,7 @@ from services.session import SessionConfig, StoreSpec
 TARGET_RATIO = 1.5
 ROBOTS = 16
 RATE_HZ = 20.0
+PATHS = ("http", "stream")
 MAX_DURATION_S = 600.0
 PREFIX = 8
 WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=8))
@@ -142,6 +146,20 @@ def _actor_ratio(namespace: str) -> list[tuple[str, float]]:
     return rows
 
 
+def _stream_latency(url: str, steps: int = 201, warmup: int = 10) -> str:
+    """p50 and p99 of one robot stepping sequentially over one stream."""
+    client = TempomemClient.connect(url, namespace="bench")
+    client.reset("lat-stream")
+    times: list[float] = []
+    with client.stream("lat-stream") as stream:
+        for i in range(steps + warmup):
+            start = time.perf_counter()
+            stream.step(i, _tokens(i), PREFIX)
+            times.append(time.perf_counter() - start)
+    samples = times[warmup:]
+    return f"{fmt_ms(_percentile(samples, 0.5))} | {fmt_ms(_percentile(samples, 0.99))}"
+
+
 def _http_latency(url: str, namespace: str, worker: WorkerSpec) -> str:
     http = TempomemClient.connect(url, namespace="bench")
     direct = TempomemClient("bench-direct", worker=worker, store="local", ray_namespace=namespace)
@@ -194,7 +212,9 @@ def _cpu_seconds_by_role() -> dict[str, float]:
     return totals
 
 
-async def _load(url: str, duration_s: float) -> dict[str, Any]:
+async def _load(url: str, duration_s: float, path: str) -> dict[str, Any]:
+    """``ROBOTS`` robots at ``RATE_HZ`` over ``path``: "http" (a request per step) or
+    "stream" (one WebSocket per robot)."""
     client = AsyncTempomemClient.connect(url, namespace="load", timeout_s=30)
     period = 1.0 / RATE_HZ
     latencies: list[float] = []
@@ -202,8 +222,15 @@ async def _load(url: str, duration_s: float) -> dict[str, Any]:
     dropped = 0
     sent = 0
     degraded = 0
-    for r in range(ROBOTS):
-        await client.reset(f"robot{r}")
+    names = [f"{path}-robot{r}" for r in range(ROBOTS)]
+    for name in names:
+        await client.reset(name)
+    streams = [await client.stream(name) for name in names] if path == "stream" else []
+
+    async def send(r: int, step: int) -> Any:
+        if streams:
+            return await streams[r].step(step, _tokens(step, r), PREFIX)
+        return await client.step(names[r], step, _tokens(step, r), PREFIX)
 
     async def robot(r: int) -> None:
         nonlocal dropped, sent, degraded
@@ -230,7 +257,7 @@ async def _load(url: str, duration_s: float) -> dict[str, Any]:
         nonlocal degraded
         began = time.perf_counter()
         try:
-            answer = await client.step(f"robot{r}", step, _tokens(step, r), PREFIX)
+            answer = await send(r, step)
             degraded += int(answer.degraded)
             latencies.append(time.perf_counter() - began)
         except Exception as err:  # a benchmark counts failures instead of stopping
@@ -241,6 +268,8 @@ async def _load(url: str, duration_s: float) -> dict[str, Any]:
     await asyncio.gather(*(robot(r) for r in range(ROBOTS)))
     wall = time.monotonic() - began
     cpu_after = _cpu_seconds_by_role()
+    for stream in streams:
+        await stream.aclose()
     return {
         "cpu_ms_per_step": {
             role: (cpu_after[role] - cpu_before.get(role, 0.0)) * 1e3 / max(1, len(latencies))
@@ -260,8 +289,8 @@ async def _load(url: str, duration_s: float) -> dict[str, Any]:
 
 def _serve_placement(
     namespace: str, port: int, placement: str, duration_s: float
-) -> tuple[str, dict[str, Any], list[int]]:
-    """HTTP latency and the load test against ``tempomem serve`` with one placement."""
+) -> tuple[str, dict[str, dict[str, Any]], list[int]]:
+    """Latency and the load tests (each path) against ``tempomem serve`` with one placement."""
     worker = WORKER.model_copy(update={"placement": placement})
     settings = ServeSettings(
         app_name=f"tempomem-bench-{placement}",
@@ -273,8 +302,8 @@ def _serve_placement(
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
     try:
         url = f"http://127.0.0.1:{port}"
-        latency = _http_latency(url, namespace, worker)
-        load = asyncio.run(_load(url, duration_s))
+        latency = f"{_http_latency(url, namespace, worker)} | {_stream_latency(url)}"
+        loads = {path: asyncio.run(_load(url, duration_s, path)) for path in PATHS}
         batches: list[int] = []
         if placement == "shared":
             batches = (
@@ -288,7 +317,7 @@ def _serve_placement(
             if actor["name"].startswith("tempomem/host/"):  # fresh session hosts per placement
                 with contextlib.suppress(ValueError):
                     ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
-    return latency, load, batches
+    return latency, loads, batches
 
 
 def run(duration_s: float = 60.0) -> str:
@@ -300,7 +329,7 @@ def run(duration_s: float = 60.0) -> str:
         ray.init(num_cpus=2, include_dashboard=False, namespace=namespace, log_to_driver=False)
     else:
         namespace = ray.get_runtime_context().namespace
-    results: dict[str, tuple[str, dict[str, Any], list[int]]] = {}
+    results: dict[str, tuple[str, dict[str, dict[str, Any]], list[int]]] = {}
     try:
         ratio_rows = _actor_ratio(namespace)
         port = _free_port()
@@ -313,28 +342,32 @@ def run(duration_s: float = 60.0) -> str:
         if started_ray:
             ray.shutdown()
     latency_rows, load_rows, notes = [], [], []
-    for placement, (latency, load, batches) in results.items():
+    for placement, (latency, loads, batches) in results.items():
         latency_rows.append(f"| `{placement}` | {latency} |")
-        load_rows.append(
-            f"| `{placement}` | {load['ticks']} | {load['sent']} | {load['ok']} | "
-            f"{len(load['errors'])} | {load['dropped']} "
-            f"({load['dropped'] / max(1, load['ticks']):.1%}) | {load['degraded']} | "
-            f"{fmt_ms(load['p50'])} | {fmt_ms(load['p99'])} | {load['throughput']:.0f} |"
-        )
+        for path, load in loads.items():
+            label = f"`{placement}` over {path}"
+            cpu_total = sum(load["cpu_ms_per_step"].values())
+            load_rows.append(
+                f"| `{placement}` | {path} | {load['ticks']} | {load['sent']} | {load['ok']} | "
+                f"{len(load['errors'])} | {load['dropped']} "
+                f"({load['dropped'] / max(1, load['ticks']):.1%}) | {load['degraded']} | "
+                f"{fmt_ms(load['p50'])} | {fmt_ms(load['p99'])} | {load['throughput']:.0f} | "
+                f"{cpu_total:.1f} |"
+            )
+            cpu = ", ".join(
+                f"{role} {ms:.1f}"
+                for role, ms in sorted(load["cpu_ms_per_step"].items(), key=lambda kv: -kv[1])
+                if ms >= 0.05
+            )
+            notes.append(f"{label}, CPU ms per answered step: {cpu}.")
+            error_kinds = sorted({e.split(":", 1)[0] for e in load["errors"]})
+            if error_kinds:
+                notes.append(f"{label}, error kinds: {', '.join(error_kinds)}.")
         if batches:
             notes.append(
                 f"`{placement}`: policy batches mean size {statistics.fmean(batches):.2f}, "
-                f"max {max(batches)} (last {len(batches)} batches)."
+                f"max {max(batches)} (last {len(batches)} batches, both paths)."
             )
-        cpu = ", ".join(
-            f"{role} {ms:.1f}"
-            for role, ms in sorted(load["cpu_ms_per_step"].items(), key=lambda kv: -kv[1])
-            if ms >= 0.05
-        )
-        notes.append(f"`{placement}` CPU ms per answered step: {cpu}.")
-        error_kinds = sorted({e.split(":", 1)[0] for e in load["errors"]})
-        if error_kinds:
-            notes.append(f"`{placement}` error kinds: {', '.join(error_kinds)}.")
     lines = [
         "Session actor overhead (median ms per call, interleaved; echo engine: no model, so the "
         "ratio is service overhead only; local store):",
@@ -347,20 +380,24 @@ def run(duration_s: float = 60.0) -> str:
         "~2; placement `session` runs the policy in the session host's process (one hop, no "
         "state transfer, one model copy per session).",
         "",
-        "HTTP (`tempomem serve`; tiny-llama, TempoFit layers [1, 2], 8 frames; local store; one "
-        "robot stepping sequentially; `shared`: Serve ingress -> session host -> batched policy "
-        "deployment, `session`: Serve ingress -> session host):",
+        "One robot stepping sequentially (`tempomem serve`; tiny-llama, TempoFit layers [1, 2], "
+        "8 frames; local store; `shared`: Serve ingress -> session host -> batched policy "
+        "deployment, `session`: Serve ingress -> session host), over HTTP and over the stream "
+        "route (one WebSocket):",
         "",
-        "| placement | HTTP step p50 ms | HTTP step p99 ms | HTTP / Ray-client step |",
-        "|---|---|---|---|",
+        "| placement | HTTP step p50 ms | HTTP step p99 ms | HTTP / Ray-client step "
+        "| stream step p50 ms | stream step p99 ms |",
+        "|---|---|---|---|---|---|",
         *latency_rows,
         "",
-        f"Load: {ROBOTS} robots at {RATE_HZ:g} Hz for {duration_s:g} s over HTTP "
-        f"(a step still in flight at the next tick drops that tick):",
+        f"Load: {ROBOTS} robots at {RATE_HZ:g} Hz for {duration_s:g} s, over HTTP (a request "
+        "per step) and over the stream route (one WebSocket per robot), one after the other "
+        "against the same app (a step still in flight at the next tick drops that tick; "
+        f"target: < 5 % dropped, p99 < 50 ms on {os.cpu_count()} cores):",
         "",
-        "| placement | ticks | steps sent | ok | errors | dropped | degraded | p50 ms | p99 ms "
-        "| steps/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| placement | path | ticks | steps sent | ok | errors | dropped | degraded | p50 ms "
+        "| p99 ms | steps/s | CPU ms/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         *load_rows,
         "",
         *(f"- {note}" for note in notes),
