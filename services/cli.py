@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.cli_help import plain_help_typer
+from services.mcp_cli import mcp_app
 
 app = plain_help_typer(
     name="tempomem",
@@ -32,6 +33,7 @@ plot_app = plain_help_typer(
     help="Plots a person would rather look at than read.", no_args_is_help=True
 )
 app.add_typer(plot_app, name="plot")
+app.add_typer(mcp_app, name="mcp")
 console = Console()
 
 
