@@ -236,21 +236,18 @@ def decode_record(
         )
     if xxhash.xxh3_64_intdigest(payload) != header.payload_xxh3:
         raise CorruptRecord("record payload checksum mismatch")
-    owned = (
-        torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        if payload.nbytes
-        else torch.empty(0, dtype=torch.uint8)
-    )
+    owned = bytearray(payload)  # the one copy: tensors are (writable) views of it
     tensors: dict[str, torch.Tensor] = {}
     offset = 0
     for name, dtype, shape, nbytes in header.entries:
         if nbytes == 0:
             tensors[name] = torch.empty(shape, dtype=dtype)
         else:
-            chunk = owned[offset : offset + nbytes]
-            if offset % _ITEMSIZE[dtype]:  # misaligned after an odd-sized tensor: copy it out
-                chunk = chunk.clone()
-            tensors[name] = chunk.view(dtype).reshape(shape)
+            itemsize = _ITEMSIZE[dtype]
+            flat = torch.frombuffer(owned, dtype=dtype, count=nbytes // itemsize, offset=offset)
+            if offset % itemsize:  # misaligned after an odd-sized tensor: copy this one out
+                flat = flat.clone()
+            tensors[name] = flat.reshape(shape)
         offset += nbytes
     return tensors, header.meta
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import bisect
+import json
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from kv_store.base import BaseStore, Record
 from kv_store.codec import tensors_nbytes
@@ -17,7 +20,8 @@ from kv_store.errors import RecordTooLarge
 
 @dataclass
 class _Entry:
-    record: Record
+    tensors: dict[str, torch.Tensor]  # the store's own copies
+    meta_json: str  # the meta as JSON text: every read parses a fresh copy
     nbytes: int
     expires_at: float | None
 
@@ -106,19 +110,21 @@ class LocalStore(BaseStore):
         now = self.ttl_clock()
         expires_at = None if ttl_s is None else now + ttl_s
         copies = {
-            k: ({n: t.clone() for n, t in tensors.items()}, meta)
+            k: ({n: t.clone() for n, t in tensors.items()}, json.dumps(meta) if meta else "")
             for k, (tensors, meta) in records.items()
         }
         with backing.lock:
-            for key, record in copies.items():
-                nbytes = tensors_nbytes(record[0])
+            for key, (tensors, meta_json) in copies.items():
+                nbytes = tensors_nbytes(tensors)
                 if backing.max_bytes is not None and nbytes > backing.max_bytes:
                     raise RecordTooLarge(
                         f"record {key!r} of {nbytes} bytes exceeds LocalStore max_bytes="
                         f"{backing.max_bytes}"
                     )
                 self._pop((self.namespace, key))
-                backing.entries[(self.namespace, key)] = _Entry(record, nbytes, expires_at)
+                backing.entries[(self.namespace, key)] = _Entry(
+                    tensors, meta_json, nbytes, expires_at
+                )
                 backing.nbytes += nbytes
                 self._evict_to_fit()
 
@@ -131,8 +137,12 @@ class LocalStore(BaseStore):
                     found.append(None)
                     continue
                 self._backing.entries.move_to_end((self.namespace, key))
-                tensors, meta = entry.record
-                found.append(({n: t.clone() for n, t in tensors.items()}, _copy_json(meta)))
+                found.append(
+                    (
+                        {n: t.clone() for n, t in entry.tensors.items()},
+                        json.loads(entry.meta_json) if entry.meta_json else {},
+                    )
+                )
         return found
 
     def _raw_delete(self, key: str) -> bool:
@@ -254,10 +264,3 @@ class LocalStore(BaseStore):
         while backing.max_bytes is not None and backing.nbytes > backing.max_bytes:
             oldest = next(iter(backing.entries))
             self._pop(oldest)
-
-
-def _copy_json(meta: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    copied: dict[str, Any] = json.loads(json.dumps(meta))
-    return copied

@@ -1,9 +1,9 @@
 """Store URLs: their schemes, and as people may see them (the one place that hides a URL's
 credentials).
 
-Schemes: ``local`` (in-process), ``redis://`` / ``rediss://`` (one server, TLS), and
-``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster reached through the node named,
-which tells the client the others).
+Schemes: ``local`` (in-process), ``redis://`` / ``rediss://`` / ``unix://`` (one server: TCP,
+TLS, a Unix socket), and ``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster reached
+through the node named, which tells the client the others).
 
 A Redis URL may carry a password (``redis://:SECRET@host:6379/0``, ``redis://user:SECRET@...``,
 or ``?password=SECRET``). Everything that shows a store URL (error messages, logs, the serve
@@ -64,9 +64,9 @@ def redis_target(url: str) -> tuple[str, bool]:
     """
     scheme, sep, rest = url.partition("://")
     plain = scheme.removesuffix(CLUSTER_SUFFIX)
-    if not sep or plain not in REDIS_SCHEMES:
+    if not sep or plain not in (*REDIS_SCHEMES, "unix") or scheme == f"unix{CLUSTER_SUFFIX}":
         raise ValueError(
             f"not a Redis store URL: {redact_url(url)!r} (expected redis://, rediss://, "
-            "redis+cluster:// or rediss+cluster://)"
+            "unix://, redis+cluster:// or rediss+cluster://)"
         )
     return f"{plain}://{rest}", plain != scheme

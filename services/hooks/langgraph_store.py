@@ -166,7 +166,7 @@ class KVLangGraphStore(BaseStore):
         return bool((self.ttl_config or {}).get("refresh_on_read", True))
 
     def _read(self, record_key: str) -> dict[str, Any] | None:
-        return _item_meta(self.store.get_tensors(record_key))
+        return item_meta(self.store.get_tensors(record_key))
 
     def _touch(self, record_key: str, meta: Mapping[str, Any]) -> None:
         """Restart the item's TTL without rewriting it (see the module docstring)."""
@@ -229,7 +229,7 @@ class KVLangGraphStore(BaseStore):
         for start in range(0, len(keys), 512):
             chunk = keys[start : start + 512]
             for record_key, record in zip(chunk, self.store.get_many(chunk), strict=True):
-                meta = _item_meta(record)
+                meta = item_meta(record)
                 if meta is not None:
                     score = datetime.fromisoformat(meta["updated_at"]).timestamp()
                     self.store.index_add(self._indexes(meta["namespace"]), record_key, score)
@@ -263,12 +263,10 @@ class KVLangGraphStore(BaseStore):
             seen.update(m for m, _ in fresh)
             records = self.store.get_many([m for m, _ in fresh])
             for (member, score), record in zip(fresh, records, strict=True):
-                meta = _item_meta(record)
+                meta = item_meta(record)
                 if meta is None:
                     self._drop_stale(member, score)
-                elif not op.filter or all(
-                    _compare(_lookup(meta["value"], k), v) for k, v in op.filter.items()
-                ):
+                elif matches_filter(meta["value"], op.filter):
                     found.append((member, meta))
         return found
 
@@ -320,7 +318,12 @@ class KVLangGraphStore(BaseStore):
         return sorted(matching)[op.offset : op.offset + op.limit]
 
 
-def _item_meta(record: tuple[Any, dict[str, Any]] | None) -> dict[str, Any] | None:
+def matches_filter(value: Mapping[str, Any], filter: Mapping[str, Any] | None) -> bool:
+    """Whether an item's value passes a search `filter` (semantics in the module docstring)."""
+    return not filter or all(_compare(_lookup(value, k), v) for k, v in filter.items())
+
+
+def item_meta(record: tuple[Any, dict[str, Any]] | None) -> dict[str, Any] | None:
     """The item a kv_store record holds, or None (absent, or not an item of this format)."""
     if record is None:
         return None
