@@ -162,7 +162,8 @@ class ContextAssembler:
         ids = self._retrieve(layer, query)
         start = self._start
         window = self.window
-        signature = (tuple(ids), window.n_sinks, window.local_start)
+        local_start = window.layer_start(layer)
+        signature = (tuple(ids), window.n_sinks, local_start)
         context = self._contexts.get(layer)
         if context is not None and context.signature == signature and context.end == start:
             return context
@@ -178,7 +179,7 @@ class ContextAssembler:
             parts_v.append(local[1])
         index = [*range(window.n_sinks)]
         index += [i for e in events for i in range(e.start, e.end)]
-        index += range(window.local_start, start)
+        index += range(local_start, start)
         empty = torch.zeros(self.num_kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         keys = torch.cat([empty, *(p.to(dtype) for p in parts_k)], dim=1)
         values = torch.cat([empty, *(p.to(dtype) for p in parts_v)], dim=1)

@@ -32,12 +32,12 @@ same path with one-token chunks; retrieval runs at every step, or every ``retrie
 steps (the previous step's selection is reused in between).
 
 Sliding-window layers (Gemma 2/3, Qwen2 with ``use_sliding_window``) keep their own attention
-pattern: they retrieve no events, and each query attends the sinks, local window and chunk
-tokens fewer than ``sliding_window`` stream positions back, as in the plain model. With
-``n_local >= sliding_window - 1`` every key such a layer would see natively is in the local
-window, so those layers compute exactly what they compute in the plain model; with a smaller
-``n_local`` they see only the last ``n_local`` tokens of their window. Events keep K/V at the
-full-attention layers only, which are the layers that retrieve.
+pattern: they retrieve no events, keep the K/V of their last ``sliding_window - 1`` tokens
+whatever ``n_local`` is, and each query attends the tokens fewer than ``sliding_window`` stream
+positions back (sinks included only while that close), as in the plain model, so those layers
+compute exactly what they compute there. Events keep K/V at the full-attention layers only,
+which are the layers that retrieve; ``n_local``, ``budget`` and the packed positions concern
+those layers.
 
 Surprise ``s_t = -log p(x_t | x_<t)`` comes from the logits this wrapped model produces (the
 memory-augmented forward), so segmentation needs the full logits of every chunk.
@@ -200,7 +200,10 @@ class EpisodicLM:
         self.attention_observer: AttentionObserver | None = None
         self.surprise_values: list[float] = []
         self.retrievals: list[RetrievalRecord] = []
-        self._window = StreamWindow(config.n_init)
+        self._window = StreamWindow(
+            config.n_init,
+            {i: a.sliding_window - 1 for i, a in enumerate(self._layers) if a.sliding_window},
+        )
         self._events = EventFormer(config, self.store, chosen, self.memory_layers)
         self._rope = RopeTables(
             rotary,

@@ -201,16 +201,23 @@ def test_generate_with_full_budget_equals_plain_greedy(llama: Model) -> None:
     assert [r.phase for r in lm.retrievals].count("decode") == 11
 
 
-@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+@pytest.mark.parametrize(
+    ("family", "n_local"),
+    [("gemma", 16), ("gemma2", 16), ("gemma3", 16), ("gemma2", 4), ("gemma3", 4)],
+)
 def test_gemma_families_with_full_budget_equal_the_plain_model(
-    models: dict[str, Model], family: str
+    models: dict[str, Model], family: str, n_local: int
 ) -> None:
     """Gemma's scaled embeddings and query scaling, Gemma 2's logit soft-capping, Gemma 3's
     q/k norms, single KV head and per-layer-type rotary tables, and the sliding-window layers
-    of both (n_local >= window - 1: they see their whole window) match the plain model."""
+    of both (window 8: they keep their window also when the local window is shorter) match the
+    plain model."""
     model = models[family]
     input_ids = tokens(11, 120)
-    lm = EpisodicLM(model, full_budget(8))
+    config = small_config(
+        n_local=n_local, chunk_size=4, budget=1024, k_similar=1024, max_event_size=4
+    )
+    lm = EpisodicLM(model, config)
     try:
         logits = lm.feed(input_ids, return_logits=True)
     finally:
@@ -225,7 +232,7 @@ def test_gemma3_sliding_layers_keep_their_window_and_full_layers_retrieve(
     model = models["gemma3"]
     window = model.config.sliding_window
     sliding = [i for i, kind in enumerate(GEMMA3_LAYERS) if kind == "sliding_attention"]
-    lm = EpisodicLM(model, small_config())
+    lm = EpisodicLM(model, small_config(n_local=4, chunk_size=4, max_event_size=4))
     reach: dict[int, int] = {}
 
     def observe(layer: int, query_index: Tensor, key_index: Tensor, visible: Tensor) -> None:
