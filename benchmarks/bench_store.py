@@ -55,7 +55,7 @@ def _tensor_dict(mib: int) -> dict[str, torch.Tensor]:
 TUNED_MALLOC = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(1 << 30)}
 
 
-def run(repeats: int = 21) -> str:
+def run(repeats: int = 41) -> str:
     """Both allocator settings, each in its own process, as one markdown section."""
     sections = []
     for title, extra_env in (("glibc defaults", {}), ("MALLOC_*_THRESHOLD_=1GiB", TUNED_MALLOC)):

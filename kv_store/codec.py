@@ -27,6 +27,7 @@ store) never copies the tensors into one byte string.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -49,6 +50,7 @@ _FIXED = struct.Struct("<BHIIQQ")  # flags, n_tensors, key_len, meta_len, payloa
 _ENTRY = struct.Struct("<BBHQ")  # dtype code, ndim, name_len, nbytes
 _HAS_KEY = 0x01
 MAX_DIMS = 255
+_MAX_DIM = 1 << 62  # a larger dimension is a corrupt header, not a tensor
 
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -191,7 +193,7 @@ def encode_parts(
         pieces.append(
             _ENTRY.pack(_CODE_OF[tensor.dtype], tensor.dim(), len(name_bytes), buffer.nbytes)
         )
-        pieces.append(struct.pack(f"<{tensor.dim()}Q", *tensor.shape))
+        pieces.append(_dims(tensor.dim()).pack(*tensor.shape))
         pieces.append(name_bytes)
     pieces += [key_bytes, meta_bytes]
     header = b"".join(pieces)
@@ -234,9 +236,9 @@ def decode_record(
             f"record payload has {payload.nbytes} bytes, header describes {described} "
             "(truncated or padded)"
         )
-    if xxhash.xxh3_64_intdigest(payload) != header.payload_xxh3:
-        raise CorruptRecord("record payload checksum mismatch")
     owned = bytearray(payload)  # the one copy: tensors are (writable) views of it
+    if xxhash.xxh3_64_intdigest(owned) != header.payload_xxh3:  # read back while in cache
+        raise CorruptRecord("record payload checksum mismatch")
     tensors: dict[str, torch.Tensor] = {}
     offset = 0
     for name, dtype, shape, nbytes in header.entries:
@@ -263,10 +265,9 @@ class _Header(NamedTuple):
 
 def _raw_bytes(tensor: torch.Tensor) -> memoryview:
     """A zero-copy byte view of a CPU contiguous tensor (bfloat16 and bool included)."""
-    flat = tensor.reshape(-1)
-    if flat.numel() == 0:
+    if tensor.numel() == 0:
         return memoryview(b"")
-    array: Any = flat.view(torch.uint8).numpy()
+    array: Any = (tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
     return memoryview(array).cast("B")
 
 
@@ -289,10 +290,9 @@ def _read_header(view: memoryview) -> tuple[_Header, int]:
         parse = _parse_binary if version == VERSION else _parse_json
         header = parse(header_bytes)
         for name, dtype, shape, nbytes in header.entries:
-            if (
-                any(not 0 <= s < 1 << 62 for s in shape)
-                or math.prod(shape) * _ITEMSIZE[dtype] != nbytes
-            ):
+            if (shape and not 0 <= min(shape) <= max(shape) < _MAX_DIM) or math.prod(
+                shape
+            ) * _ITEMSIZE[dtype] != nbytes:
                 raise ValueError(f"tensor {name!r}: shape {list(shape)} is not {nbytes} bytes")
         if len({name for name, *_ in header.entries}) != len(header.entries):
             raise ValueError("a tensor name appears twice")
@@ -309,7 +309,7 @@ def _parse_binary(header: memoryview) -> _Header:
     for _ in range(n_tensors):
         code, ndim, name_len, nbytes = _ENTRY.unpack_from(header, at)
         at += _ENTRY.size
-        shape = struct.unpack_from(f"<{ndim}Q", header, at)
+        shape = _dims(ndim).unpack_from(header, at)
         at += 8 * ndim
         name = _utf8(header, at, name_len)
         at += name_len
@@ -344,4 +344,9 @@ def _parse_json(header: memoryview) -> _Header:
 def _utf8(view: memoryview, at: int, length: int) -> str:
     if at + length > view.nbytes:
         raise ValueError("a field runs past the end of the header")
-    return bytes(view[at : at + length]).decode()
+    return str(view[at : at + length], "utf-8")
+
+
+@functools.cache
+def _dims(ndim: int) -> struct.Struct:
+    return struct.Struct(f"<{ndim}Q")
