@@ -114,12 +114,9 @@ class MemoryRunner(ABC):
     def _forward_and_score(
         self, ids: list[int], choices: list[list[int]] | None
     ) -> list[float] | None:
-        from policies.choice_scoring import score_choices
+        from policies.tempofit_engine import forward_and_score
 
-        out = self.model(torch.tensor([ids], dtype=torch.long), use_cache=choices is not None)
-        if choices is None:
-            return None
-        return score_choices(self.model, out.logits[0, -1], out.cache, choices)
+        return forward_and_score(self.model, ids, choices).choice_scores
 
 
 class NoMemoryRunner(MemoryRunner):
@@ -146,29 +143,27 @@ class TempoFitRunner(MemoryRunner):
         self, policy: FrozenPolicy, config: TempoFitConfig | None = None, capacity: int = 8
     ) -> None:
         super().__init__(policy)
-        from policies import TempoFit, default_layers
         from policies.retrieval_trace import FrameRetrievalTrace
+        from policies.tempofit_engine import TempoFitEngine, default_config
 
         if config is None:  # the default early-to-middle layer band of this model
-            config = TempoFitConfig(
-                layers=default_layers(int(self.model.config.num_hidden_layers)),
-                capacity=capacity,
-                max_prefix_len=4096,
-            )
+            config = default_config(self.model, capacity=capacity, max_prefix_len=4096)
         self.config = config
-        self.tempofit = TempoFit(self.model, config)
+        self.engine = TempoFitEngine(self.model, config)
+        self.tempofit = self.engine.tempofit
         self.trace = FrameRetrievalTrace(self.tempofit)
         self._steps_at: dict[float, int] = {}  # frame time -> env step
 
     def _reset_memory(self) -> None:
-        self.tempofit.reset()
+        self.engine.reset()
         self._steps_at = {}
 
     def _nearest_step(self, t: float) -> int:
         return self._steps_at[min(self._steps_at, key=lambda known: abs(known - t))]
 
     def _run(self, frame: Frame) -> tuple[list[float] | None, dict[str, Any]]:
-        frames = self.tempofit.memory.num_frames(self.config.layers[0])
+        from policies.tempofit_engine import StepInput
+
         traced_before = self.trace.elapsed_s
         t = float(self._step)
         if self.config.gap_unit == "seconds":
@@ -179,20 +174,26 @@ class TempoFitRunner(MemoryRunner):
                 )
             t = float(self._time_s)
         self._steps_at[t] = self._step
-        with self.tempofit.step(prefix_len=len(frame.prefix_ids), t=t):
-            scores = self._forward_and_score(frame.prefix_ids + frame.suffix_ids, frame.choices)
+        result = self.engine.step(
+            StepInput(
+                input_ids=frame.prefix_ids + frame.suffix_ids,
+                prefix_len=len(frame.prefix_ids),
+                t=t,
+                choices=frame.choices,
+            )
+        )
         # Frame times come back through float32 (memory.history); match them to the nearest.
         retrieved = {self._nearest_step(t): mass for t, mass in self.trace.pop().items()}
         traced_ms = (self.trace.elapsed_s - traced_before) * 1e3
-        return scores, {
-            "frames_in_memory": frames,
+        return result.choice_scores, {
+            "frames_in_memory": result.frames_in_memory,
             "retrieved": retrieved,
             "excluded_ms": traced_ms,
         }
 
     def close(self) -> None:
         self.trace.detach()
-        self.tempofit.remove()
+        self.engine.remove()
 
 
 class StackingRunner(MemoryRunner):

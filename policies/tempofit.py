@@ -37,6 +37,7 @@ from policies.attention_adapters import AttentionAdapter, adapter_for
 from policies.concat_history import ConcatHistoryWrap
 from policies.forward_watch import DecoderForwardWatch, ForwardInfo
 from policies.prefix_kv_tap import PrefixKVTap
+from policies.tempofit_state import STEPS_PUSHED_KEY, TEMPOFIT_KEY_PREFIX
 
 
 @dataclass(frozen=True)
@@ -220,17 +221,17 @@ class TempoFit:
         """The memory's state plus the step counter, so a session restored in another process
         goes on exactly (same default t; the memory's frame times keep the time-order check)."""
         state = dict(self.memory.state_dict())
-        state["tempofit.steps_pushed"] = self._steps_pushed
+        state[STEPS_PUSHED_KEY] = self._steps_pushed
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore from ``state_dict()``; validates before changing anything."""
         if self._step_state is not None:
             raise ValueError("cannot load_state_dict() inside a step")
-        memory_state = {k: v for k, v in state.items() if not k.startswith("tempofit.")}
-        steps = state.get("tempofit.steps_pushed")
+        memory_state = {k: v for k, v in state.items() if not k.startswith(TEMPOFIT_KEY_PREFIX)}
+        steps = state.get(STEPS_PUSHED_KEY)
         if not is_int(steps) or steps < 0:
-            raise ValueError(f"state['tempofit.steps_pushed'] must be an int >= 0, got {steps!r}")
+            raise ValueError(f"state[{STEPS_PUSHED_KEY!r}] must be an int >= 0, got {steps!r}")
         self.memory.load_state_dict(memory_state)
         self._steps_pushed = steps
 

@@ -9,12 +9,13 @@ and stores the state; the worker only computes, so it may die, restart or be rep
 
 Three layers, each usable alone:
 
-- ``StepEngine``: in-process model + TempoFit + the step function. A Ray Serve deployment
-  reuses it; ``run_many`` stacks several sessions' memories along the batch dim into one
-  forward (``services.deployment`` feeds it from ``@serve.batch``). TempoFit keeps one ring
-  per layer for all batch rows, so rows share a forward only when their memories have the same
-  shape (frames, ring position, slot length) and their steps the same token counts; the rest
-  run alone.
+- ``StepEngine``: the in-process step engine (``policies.tempofit_engine.TempoFitEngine``:
+  model + TempoFit + the step function, the same engine the env runners use) speaking
+  ``StepRequest`` / ``StepOutput``. A Ray Serve deployment reuses it; ``run_many`` stacks
+  several sessions' memories along the batch dim into one forward (``services.deployment``
+  feeds it from ``@serve.batch``). TempoFit keeps one ring per layer for all batch rows, so
+  rows share a forward only when their memories have the same shape (frames, ring position,
+  slot length) and their steps the same token counts; the rest run alone.
 - ``PolicyWorker``: the engine behind a bytes/dict interface fit for crossing processes:
   states travel as ``kv_store`` codec records (raw tensor buffers + JSON header, never pickle).
 - ``worker_handle(spec)``: the named Ray actor (``get_if_exists``), one per model spec, that
@@ -31,18 +32,19 @@ sending only the new frame (the session actor keeping the ring) would cut it 8x.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from kv_store.state import decode_state, encode_state
 from memory import TempoFitConfig
-from policies.choice_scoring import score_choices
 from services.schemas import StepRequest
+
+if TYPE_CHECKING:
+    from policies.tempofit_engine import StepResult
 
 ModelFactory = Callable[[], Any]
 
@@ -126,7 +128,10 @@ class StepRunner(Protocol):
 
 
 class StepEngine:
-    """A frozen model and one ``TempoFit`` on it, stepping one session at a time.
+    """``policies.tempofit_engine.TempoFitEngine`` speaking ``StepRequest`` / ``StepOutput``.
+
+    Stateless per call: ``run(state, request)`` and ``run_many`` (see the engine) take each
+    session's memory state and return the new one.
 
     Args:
         model: a frozen causal LM supported by ``policies.TempoFit``.
@@ -134,235 +139,41 @@ class StepEngine:
     """
 
     def __init__(self, model: Any, config: TempoFitConfig | None = None) -> None:
-        from policies import TempoFit, default_layers
+        from policies.tempofit_engine import TempoFitEngine
 
-        if config is None:
-            config = TempoFitConfig(layers=default_layers(int(model.config.num_hidden_layers)))
+        self.engine = TempoFitEngine(model, config)
         self.model = model
-        self.config = config
-        self.vocab_size = int(model.config.vocab_size)
-        self.tempofit = TempoFit(model, config)
-        # The state this engine's memory holds right now (the last ``run`` result): a caller
-        # that passes it back (a session stepping in-process) skips reloading it.
-        self._live_state: Mapping[str, Any] | None = None
+        self.config = self.engine.config
+        self.vocab_size = self.engine.vocab_size
+        self.tempofit = self.engine.tempofit
 
     def run(
         self, state: Mapping[str, Any] | None, request: StepRequest
     ) -> tuple[StepOutput, dict[str, Any]]:
-        """One step of one session: ``(output, new_state)``.
-
-        ``state`` None is an empty memory (a new episode, or a memoryless degraded step).
-        Raises ValueError naming the field for token ids outside the model's vocabulary, and
-        for a state that does not fit this worker's model or config.
-        """
-        self._check_vocab(request)
-        return self._run_checked(state, request)
-
-    def _run_checked(
-        self, state: Mapping[str, Any] | None, request: StepRequest
-    ) -> tuple[StepOutput, dict[str, Any]]:
-        """``run`` for a request whose token ids were already checked."""
-        start = time.perf_counter()
-        tf = self.tempofit
-        if tf.memory.batch_size != 1:
-            self._use_batch(1)
-        if state is None:
-            tf.reset()
-        elif state is not self._live_state:
-            tf.load_state_dict(state)
-        self._live_state = None  # until this step has finished
-        frames = tf.memory.num_frames(self.config.layers[0])
-        loaded = time.perf_counter()
-        ids = torch.tensor([request.input_ids], dtype=torch.long)
-        with torch.no_grad():
-            with tf.step(prefix_len=request.prefix_len, t=request.t):
-                out = self.model(ids, use_cache=request.choices is not None)
-            last = out.logits[0, -1].float()
-            top_ids: list[int] = []
-            top_logits: list[float] = []
-            if request.top_k:
-                values, indices = torch.topk(last, min(request.top_k, last.numel()))
-                top_ids, top_logits = indices.tolist(), values.tolist()
-            scores = None
-            if request.choices is not None:
-                scores = score_choices(self.model, last, out.cache, request.choices)
-        computed = time.perf_counter()
-        new_state = self._live_state = tf.state_dict()
-        done = time.perf_counter()
-        output = StepOutput(
-            frames_in_memory=frames,
-            frames_after=tf.memory.num_frames(self.config.layers[0]),
-            top_k_ids=top_ids,
-            top_k_logits=top_logits,
-            choice_scores=scores,
-            model_ms=(computed - loaded) * 1e3,
-            state_ms=((loaded - start) + (done - computed)) * 1e3,
-        )
-        return output, new_state
+        """One step of one session: ``(output, new_state)`` (``TempoFitEngine.run``)."""
+        result, new_state = self.engine.run(state, request)
+        return _output(result), new_state
 
     def run_many(
         self,
         items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]],
         return_exceptions: bool = False,
     ) -> list[Any]:
-        """Several sessions' steps, batched into one forward where shapes allow.
-
-        Items are grouped by ``batch_key``: the same ``len(input_ids)`` and ``prefix_len``, no
-        ``choices``, and memories of the same shape (per layer: frames, ring position, slot
-        length). A group of two or more runs as ONE forward with the sessions' memories stacked
-        along the batch dim (``LayerwiseKVMemory(batch_size=B)``) and a ``(B,)`` frame time
-        (each session's own ``t``, or its own step counter); the new state is split back per
-        session. Everything else runs alone through ``run``. Results come in input order and
-        equal those of ``run`` up to float rounding of the batched matmuls.
-
-        ``return_exceptions``: a failing item (bad token ids, a state that does not fit) yields
-        its exception in its place instead of failing the whole call.
-        """
-        results: list[Any] = [None] * len(items)
-        groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, (state, request) in enumerate(items):
-            try:
-                self._check_vocab(request)
-                key = self.batch_key(state, request)
-            except ValueError as err:
-                if not return_exceptions:
-                    raise
-                results[i] = err
-                continue
-            groups.setdefault(("alone", i) if key is None else key, []).append(i)
-        for indices in groups.values():
-            try:
-                if len(indices) == 1:
-                    i = indices[0]
-                    results[i] = self._run_checked(items[i][0], items[i][1])
-                else:
-                    batch = self._run_batch([items[i] for i in indices])
-                    for i, result in zip(indices, batch, strict=True):
-                        results[i] = result
-            except ValueError as err:
-                if not return_exceptions or len(indices) == 1:
-                    if not return_exceptions:
-                        raise
-                    results[indices[0]] = err
-                    continue
-                for i in indices:  # a batch failed: find the culprit alone
-                    try:
-                        results[i] = self._run_checked(items[i][0], items[i][1])
-                    except ValueError as single_err:
-                        results[i] = single_err
-        return results
+        """Several sessions' steps, batched into one forward where shapes allow
+        (``TempoFitEngine.run_many``): ``(output, new_state)`` or an exception per item."""
+        results = self.engine.run_many(items, return_exceptions=return_exceptions)
+        return [r if isinstance(r, Exception) else (_output(r[0]), r[1]) for r in results]
 
     def batch_key(
         self, state: Mapping[str, Any] | None, request: StepRequest
     ) -> tuple[Any, ...] | None:
         """What must be equal for two steps to share a forward; None: this step runs alone."""
-        if request.choices is not None:
-            return None
-        if request.t is None and self.config.gap_unit == "seconds":
-            return None  # the clock's now; keep the single-step semantics exact
-        shape: list[Any] = []
-        for layer in self.config.layers:
-            if state is None:
-                shape.append((0, 0, 0))
-                continue
-            frames = state.get(f"layer.{layer}.num_frames")
-            slot = state.get(f"layer.{layer}.next_slot")
-            keys = state.get(f"layer.{layer}.keys")
-            slot_len = int(keys.shape[3]) if isinstance(keys, torch.Tensor) else 0
-            if state.get("batch_size") != 1:
-                return None
-            shape.append((frames, slot, slot_len))
-        return (len(request.input_ids), request.prefix_len, tuple(shape))
+        return self.engine.batch_key(state, request)
 
-    def _use_batch(self, batch_size: int) -> None:
-        """Give the TempoFit an (empty) memory of ``batch_size`` sessions if it has another."""
-        self._live_state = None
-        self.tempofit.reset()
-        self.tempofit.set_batch_size(batch_size)
 
-    def _run_batch(
-        self, items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]]
-    ) -> list[tuple[StepOutput, dict[str, Any]]]:
-        """One forward for steps of equal ``batch_key`` (see ``run_many``)."""
-        start = time.perf_counter()
-        size = len(items)
-        tf = self.tempofit
-        steps = [0 if s is None else int(s["tempofit.steps_pushed"]) for s, _ in items]
-        times = torch.tensor(
-            [float(steps[b]) if r.t is None else r.t for b, (_, r) in enumerate(items)],
-            dtype=torch.float64,
-        )
-        self._use_batch(size)
-        first = items[0][0]
-        if first is not None:
-            stacked: dict[str, Any] = {}
-            for key, value in first.items():
-                if isinstance(value, torch.Tensor) and key.startswith("layer."):
-                    parts = [state[key] for state, _ in items]  # type: ignore[index]
-                    stacked[key] = torch.cat(parts, dim=0)
-                else:
-                    stacked[key] = value
-            stacked["batch_size"] = size
-            stacked["tempofit.steps_pushed"] = max(steps)
-            tf.load_state_dict(stacked)
-        frames = tf.memory.num_frames(self.config.layers[0])
-        loaded = time.perf_counter()
-        prefix_len = items[0][1].prefix_len
-        ids = torch.tensor([r.input_ids for _, r in items], dtype=torch.long)
-        try:
-            with torch.no_grad():
-                with tf.step(prefix_len=prefix_len, t=times):
-                    out = self.model(ids, use_cache=False)
-                last = out.logits[:, -1].float()
-            computed = time.perf_counter()
-            batched = tf.state_dict()
-        finally:
-            self._use_batch(1)
-        outputs: list[tuple[StepOutput, dict[str, Any]]] = []
-        frames_after = int(batched.get(f"layer.{self.config.layers[0]}.num_frames", 0))
-        for b, (_, request) in enumerate(items):
-            top_ids: list[int] = []
-            top_logits: list[float] = []
-            if request.top_k:
-                values, indices = torch.topk(last[b], min(request.top_k, last.shape[-1]))
-                top_ids, top_logits = indices.tolist(), values.tolist()
-            row: dict[str, Any] = {}
-            for key, value in batched.items():
-                if isinstance(value, torch.Tensor) and key.startswith("layer."):
-                    row[key] = value[b : b + 1].clone()
-                else:
-                    row[key] = value
-            row["batch_size"] = 1
-            row["tempofit.steps_pushed"] = steps[b] + 1
-            outputs.append(
-                (
-                    StepOutput(
-                        frames_in_memory=frames,
-                        frames_after=frames_after,
-                        top_k_ids=top_ids,
-                        top_k_logits=top_logits,
-                        choice_scores=None,
-                        model_ms=(computed - loaded) * 1e3 / size,
-                        state_ms=((loaded - start) + (time.perf_counter() - computed)) * 1e3 / size,
-                    ),
-                    row,
-                )
-            )
-        return outputs
-
-    def _check_vocab(self, request: StepRequest) -> None:
-        if max(request.input_ids) >= self.vocab_size:
-            i = max(range(len(request.input_ids)), key=request.input_ids.__getitem__)
-            raise ValueError(
-                f"input_ids[{i}] = {request.input_ids[i]} is outside the model's vocabulary "
-                f"(vocab_size {self.vocab_size})"
-            )
-        for c, choice in enumerate(request.choices or []):
-            if max(choice) >= self.vocab_size:
-                raise ValueError(
-                    f"choices[{c}] holds token id {max(choice)} outside the model's vocabulary "
-                    f"(vocab_size {self.vocab_size})"
-                )
+def _output(result: StepResult) -> StepOutput:
+    """A ``policies.tempofit_engine.StepResult`` as the service's ``StepOutput``."""
+    return StepOutput(**dataclasses.asdict(result))
 
 
 class PolicyWorker:
