@@ -23,6 +23,7 @@ given, else ``cache.get_seq_length()``, else 0.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,15 +61,26 @@ class LoadEvent:
 LoadObserver = Callable[[LoadEvent], None]
 
 
+class PrefixForward(enum.Enum):
+    """Where a step's prefix forward is, in lifecycle order."""
+
+    PENDING = "pending"  # not started: the next forward at position 0 is the prefix forward
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # its frame is pushed when the step exits normally
+    FAILED = "failed"  # it raised: nothing is pushed, even if the caller caught the error
+
+    @property
+    def finished(self) -> bool:
+        return self in (PrefixForward.SUCCEEDED, PrefixForward.FAILED)
+
+
 @dataclass
 class _StepState:
     """One ``step()``: its prefix length, time and what the prefix forward captured."""
 
     prefix_len: int
     time: float | Tensor  # float, or (B,) float64
-    prefix_forward_running: bool = False
-    prefix_forward_done: bool = False
-    prefix_forward_failed: bool = False
+    prefix_forward: PrefixForward = PrefixForward.PENDING
     frames: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # layer -> raw K, V
 
 
@@ -175,7 +187,7 @@ class TempoFit:
         self._step_state = state
         try:
             yield self
-            if state.prefix_forward_done and not state.prefix_forward_failed:
+            if state.prefix_forward is PrefixForward.SUCCEEDED:
                 self._push_frame(state)
         finally:
             self._step_state = None
@@ -267,7 +279,7 @@ class TempoFit:
 
     def _on_forward_start(self, info: ForwardInfo) -> None:
         state = self._step_state
-        if state is None or state.prefix_forward_done or info.start_position != 0:
+        if state is None or state.prefix_forward.finished or info.start_position != 0:
             return  # outside a step, or a later (cached decoding) forward: pass through
         if state.prefix_len > info.seq_len:
             raise ValueError(
@@ -275,7 +287,7 @@ class TempoFit:
             )
         if info.batch_size != self.memory.batch_size:
             self.set_batch_size(info.batch_size)
-        state.prefix_forward_running = True
+        state.prefix_forward = PrefixForward.RUNNING
         self._tap.prefix_len = state.prefix_len
         if self._concat is not None:
             self._concat.armed = True
@@ -285,12 +297,10 @@ class TempoFit:
         self._tap.prefix_len = None
         if self._concat is not None:
             self._concat.armed = False
-        if state is not None and state.prefix_forward_running:
-            state.prefix_forward_running = False
-            state.prefix_forward_done = True
+        if state is not None and state.prefix_forward is PrefixForward.RUNNING:
             # Even if the caller catches the error and the step ends normally, a frame whose
             # forward failed is not pushed.
-            state.prefix_forward_failed = not succeeded
+            state.prefix_forward = PrefixForward.SUCCEEDED if succeeded else PrefixForward.FAILED
 
     def _on_prefix_kv(
         self, layer: int, query: Tensor | None, key: Tensor, value: Tensor

@@ -459,6 +459,26 @@ def test_step_that_raises_pushes_nothing(llama: Model) -> None:
         tempofit.remove()
 
 
+def test_only_a_steps_first_prefix_forward_loads_and_pushes(llama: Model) -> None:
+    """A step without a forward pushes nothing; after the prefix forward has finished, another
+    forward from position 0 in the same step runs the plain model and pushes nothing more."""
+    plain = logits_of(llama, frame(1))
+    tempofit = TempoFit(llama, TempoFitConfig(layers=[1, 2]))
+    try:
+        run_steps(tempofit, llama, [frame(0)])
+        with tempofit.step(prefix_len=PREFIX):
+            pass
+        assert tempofit.steps_pushed == 1
+        with tempofit.step(prefix_len=PREFIX):
+            loaded = logits_of(llama, frame(1))
+            again = logits_of(llama, frame(1))
+        assert not torch.equal(loaded, plain)  # the memory changed the prefix forward
+        assert torch.equal(again, plain)
+        assert tempofit.steps_pushed == 2 and tempofit.memory.num_frames(1) == 2
+    finally:
+        tempofit.remove()
+
+
 # ------------------------------------------------------------------------ layer selection
 
 
