@@ -28,6 +28,7 @@ BENCHMARKS = {
     "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),
     "episodic": ("Episodic memory (EM-LLM) on SmolLM2", "benchmarks.bench_episodic", "run"),
     "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
+    "mcp": ("MCP freshness proxy", "benchmarks.bench_mcp", "run"),
     "service": ("Service overhead and load", "benchmarks.bench_service", "run"),
     "sessions": ("Sessions per process (session hosts)", "benchmarks.bench_sessions", "run"),
     "eval": ("Memory for frozen policies: evaluation on the tasks", "benchmarks.bench_eval", "run"),

@@ -5,8 +5,12 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
+
+F = TypeVar("F")
 
 
 @dataclass
@@ -32,21 +36,52 @@ def compare(
     for _ in range(warmup):
         ours()
         baseline()
-    ours_times: list[float] = []
-    base_times: list[float] = []
-    gc_was_enabled = gc.isenabled()
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with _gc_paused():
+        for fn in _interleaved(ours, baseline, repeats):
+            start = time.perf_counter()
+            fn()
+            times[fn is ours].append(time.perf_counter() - start)
+    return _comparison(times[True], times[False])
+
+
+async def compare_async(
+    ours: Callable[[], Awaitable[object]],
+    baseline: Callable[[], Awaitable[object]],
+    repeats: int = 21,
+    warmup: int = 3,
+) -> Comparison:
+    """`compare` for coroutines, timed inside the running event loop (no thread hops)."""
+    for _ in range(warmup):
+        await ours()
+        await baseline()
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with _gc_paused():
+        for fn in _interleaved(ours, baseline, repeats):
+            start = time.perf_counter()
+            await fn()
+            times[fn is ours].append(time.perf_counter() - start)
+    return _comparison(times[True], times[False])
+
+
+def _interleaved(ours: F, baseline: F, repeats: int) -> Iterator[F]:
+    """ours, baseline, baseline, ours, ours, baseline, ...: `repeats` rounds, ABBA order."""
+    for i in range(repeats):
+        yield from (ours, baseline) if i % 2 == 0 else (baseline, ours)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for i in range(repeats):
-            order = (ours, baseline) if i % 2 == 0 else (baseline, ours)
-            for fn in order:
-                start = time.perf_counter()
-                fn()
-                elapsed = time.perf_counter() - start
-                (ours_times if fn is ours else base_times).append(elapsed)
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
+
+
+def _comparison(ours_times: list[float], base_times: list[float]) -> Comparison:
     paired = statistics.median(o / b for o, b in zip(ours_times, base_times, strict=True))
     return Comparison(statistics.median(ours_times), statistics.median(base_times), paired)
 

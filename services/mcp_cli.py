@@ -18,7 +18,7 @@ mcp_app = plain_help_typer(
     help="MCP servers: tempomem's memory as tools, and a freshness-aware proxy.",
     no_args_is_help=True,
 )
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 StoreOption = Annotated[
     str | None,
@@ -40,7 +40,7 @@ ClockOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error[/]: {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error[/]: {escape(message)}")
     return typer.Exit(2)
 
 

@@ -23,7 +23,9 @@ and neither are requests for client input (elicitation) from the upstream.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -58,6 +60,7 @@ SERVER_NAME = "tempomem-proxy"
 DEFAULT_TIMEOUT_S = 30.0
 UPSTREAM_TOKEN_ENV = "TEMPOMEM_UPSTREAM_TOKEN"
 MAX_LIST_PAGES = 100
+STORE_RETRY_S = 10.0
 R = TypeVar("R")
 
 
@@ -134,9 +137,17 @@ class Upstream:
         return await self._request("tools/list", lambda client: client.list_tools(cursor=cursor))
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        # The session's own request, not Client.call_tool: that one also checks structured
+        # content against the output schema, which is the downstream client's to do (and costs
+        # more than the rest of the proxy together).
+        request = types.CallToolRequest(
+            params=types.CallToolRequestParams(name=name, arguments=arguments)
+        )
         return await self._request(
             f"tools/call {name}",
-            lambda client: client.call_tool(name, arguments, read_timeout_seconds=self.timeout_s),
+            lambda client: client.session.send_request(
+                request, types.CallToolResult, request_read_timeout_seconds=self.timeout_s
+            ),
         )
 
     async def _request(self, what: str, send: Callable[[Client], Awaitable[R]]) -> R:
@@ -188,6 +199,7 @@ class FreshnessProxy:
         self.stamp = stamp
         self.sim_tool = sim_tool
         self._listed: set[str] = set()
+        self._store_down_until = -math.inf
 
     @property
     def clock(self) -> Clock:
@@ -277,13 +289,21 @@ class FreshnessProxy:
                 return
 
     def _log(self, write: Callable[[AgentEventLog], object]) -> None:
-        """Write to the event log; a store that is down or a record it refuses is a warning:
-        the proxy goes on without memory."""
-        if self.event_log is None:
+        """Write to the event log; a record it refuses is a warning, and a store that is down
+        pauses logging for `STORE_RETRY_S` (so that calls do not each wait on it): the proxy
+        goes on without memory meanwhile."""
+        if self.event_log is None or time.monotonic() < self._store_down_until:
             return
         try:
             write(self.event_log)
-        except (StoreUnavailable, ValueError) as err:
+        except StoreUnavailable as err:
+            self._store_down_until = time.monotonic() + STORE_RETRY_S
+            log.warning(
+                "tempomem proxy: event log paused for %g s, store unavailable: %s",
+                STORE_RETRY_S,
+                err,
+            )
+        except ValueError as err:
             log.warning("tempomem proxy: event log skipped: %s", err)
 
 

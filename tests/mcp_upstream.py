@@ -3,10 +3,11 @@
 Every result says how many times the upstream ran that tool (`calls`), so a test can tell a
 result served from the proxy's cache (the count does not move) from a fresh one.
 
-Tools: `get_count` and `peek_count` (read-only counters), `reset_counts` (destructive),
-`get_flaky` (read-only, fails until it has failed `FAILS` times), `get_forecast` (read-only,
-declares `ttl: 5` in its result), `describe_item` (no annotations: a lookup by its name),
-`crash` (the process exits) and `hang` (never answers).
+Tools: `get_count` and `peek_count` (read-only counters), `get_report` (read-only, takes
+`delay_s`), `reset_counts` (destructive), `get_flaky` (read-only, fails until it has failed
+`FAILS` times), `get_forecast` (read-only, declares `ttl: 5` in its result), `describe_item`
+(no annotations: a lookup by its name), `crash` (the process exits) and `hang` (sleeps, by
+default for an hour).
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def peek_count(name: str = "a") -> Count:
     """Returns the counter without counting the caller."""
     calls["peek_count"] += 1
     return Count(name=name, calls=calls["peek_count"])
+
+
+@server.tool(annotations=READ_ONLY)
+def get_report(delay_s: float = 0.01) -> Count:
+    """Returns a report that takes `delay_s` seconds to compute."""
+    time.sleep(delay_s)
+    calls["get_report"] += 1
+    return Count(name="report", calls=calls["get_report"])
 
 
 @server.tool(annotations=DESTRUCTIVE)

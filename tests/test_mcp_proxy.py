@@ -25,6 +25,7 @@ from tests.mcp_processes import (
     TEMPOMEM,
     UPSTREAM_COMMAND,
     RawStdio,
+    free_port,
     freshness,
     proxy,
     structured,
@@ -199,7 +200,9 @@ async def test_every_call_and_result_is_logged_with_its_time(
 
 
 async def test_crashed_upstream_gives_errors_and_cached_results_survive() -> None:
-    async with Client(proxy("--stamp", "--timeout", "10"), read_timeout_seconds=60) as client:
+    dead_store = f"redis://127.0.0.1:{free_port()}/0"  # the proxy goes on without its log
+    params = proxy("--stamp", "--timeout", "10", "--redis", dead_store)
+    async with Client(params, read_timeout_seconds=60) as client:
         cached = await client.call_tool("get_count", {"name": "kept"})
         text = cached.content[0].text  # type: ignore[union-attr]
         assert text.startswith("[tempomem: observed just now (") and "from the tool]\n{" in text
