@@ -140,24 +140,27 @@ def text_config(model: nn.Module) -> Any:
 
 
 LLAMA_LIKE = AttentionAdapter(name="llama-like", model_types=("llama", "qwen2", "gemma", "gemma2"))
-QWEN3 = AttentionAdapter(
-    name="qwen3",
-    model_types=("qwen3",),
-    query_module="q_norm",
-    query_layout=HeadLayout.TOKEN_MAJOR,
-    key_module="k_norm",
-    key_layout=HeadLayout.TOKEN_MAJOR,
-)
-GEMMA3 = AttentionAdapter(
-    name="gemma3",
-    model_types=("gemma3_text",),
-    query_module="q_norm",
-    query_layout=HeadLayout.HEAD_MAJOR,
-    key_module="k_norm",
-    key_layout=HeadLayout.HEAD_MAJOR,
-    # Gemma3 has one rotary embedding per layer type (local/global), called with layer_type.
-    supports_concat=False,
-)
+
+
+def _with_qk_norm(
+    name: str, model_types: tuple[str, ...], layout: HeadLayout, supports_concat: bool = True
+) -> AttentionAdapter:
+    """A family whose pre-RoPE queries and keys are the outputs of per-head norms
+    (``q_norm``/``k_norm``) laid out as ``layout``; values come straight from ``v_proj``."""
+    return AttentionAdapter(
+        name=name,
+        model_types=model_types,
+        query_module="q_norm",
+        query_layout=layout,
+        key_module="k_norm",
+        key_layout=layout,
+        supports_concat=supports_concat,
+    )
+
+
+QWEN3 = _with_qk_norm("qwen3", ("qwen3",), HeadLayout.TOKEN_MAJOR)
+# Gemma3 has one rotary embedding per layer type (local/global), called with layer_type.
+GEMMA3 = _with_qk_norm("gemma3", ("gemma3_text",), HeadLayout.HEAD_MAJOR, supports_concat=False)
 
 _ADAPTERS: dict[str, AttentionAdapter] = {}
 

@@ -17,6 +17,7 @@ Both go through the same ``_step``, so a session stepped by either gives the sam
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -266,7 +267,7 @@ class TempoFitEngine:
         saving = time.perf_counter()
         new_state = self._live_state = tf.state_dict()
         saved_ms = (time.perf_counter() - saving) * 1e3
-        return _with_state_ms(result, result.state_ms + saved_ms), new_state
+        return dataclasses.replace(result, state_ms=result.state_ms + saved_ms), new_state
 
     def _step(self, inputs: StepInputs, start: float) -> StepResult:
         """Run one step on the loaded memory; ``start``: when loading it began."""
@@ -336,15 +337,3 @@ class TempoFitEngine:
             )
             outputs.append((result, row))
         return outputs
-
-
-def _with_state_ms(result: StepResult, state_ms: float) -> StepResult:
-    return StepResult(
-        frames_in_memory=result.frames_in_memory,
-        frames_after=result.frames_after,
-        top_k_ids=result.top_k_ids,
-        top_k_logits=result.top_k_logits,
-        choice_scores=result.choice_scores,
-        model_ms=result.model_ms,
-        state_ms=state_ms,
-    )
