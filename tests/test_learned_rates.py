@@ -42,7 +42,7 @@ def _learning_session(store: BaseStore, session: str) -> HookCore:
 def test_what_one_session_learned_the_next_hook_loads(store: BaseStore) -> None:
     first = _learning_session(store, "s1")
     assert store.get_tensors(RATES_KEY) is None  # nothing learned yet, nothing written
-    line = first.time_line([SPEC])
+    line = first.logged_time_line([SPEC])
     assert line is not None
     learned = first.advisor.rates.state_dict()
     assert learned["tools"]["get_news_digest"][2] == 3  # three re-calls observed
@@ -60,10 +60,10 @@ def test_rates_are_written_only_when_they_moved(store: BaseStore) -> None:
     core = _learning_session(store, "s1")
     saver = core.stored_rates
     assert saver is not None
-    core.time_line([SPEC])
+    core.logged_time_line([SPEC])
     assert not saver.save()  # re-deciding the same chat learns nothing new
     store.delete(RATES_KEY)
-    core.time_line([SPEC])
+    core.logged_time_line([SPEC])
     assert store.get_tensors(RATES_KEY) is None
 
 

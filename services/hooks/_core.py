@@ -69,9 +69,10 @@ def cached_result(
 
 
 class HookCore:
-    """What every hook holds: the event log, the advisor and, when the advisor learns change
-    rates (``learn=True``), those rates kept in the log's store (`StoredRates`): loaded here,
-    saved after each decision that learned something."""
+    """What every hook is built on: the event log, the advisor and, when the advisor learns
+    change rates (``learn=True``), those rates kept in the log's store (`StoredRates`): loaded
+    here, saved after each decision that learned something. A hook subclasses it and sets up
+    its own state in `_init_hook`, so the constructor is written once."""
 
     def __init__(
         self,
@@ -84,20 +85,27 @@ class HookCore:
         self.log = event_log
         self.advisor = advisor or ToolCallAdvisor(clock=event_log.clock, learn=learn)
         self.tool_specs = [dict(t) for t in tools] if tools else None
+        self.short_circuits = 0  # tool calls answered from the cache
         self.stored_rates = (
             StoredRates(event_log.store, self.advisor.rates) if self.advisor.learn else None
         )
         if self.stored_rates is not None:
             safe("loading tool change rates", self.stored_rates.load)
+        self._init_hook()
 
-    def time_line(self, specs: Sequence[Any] | None) -> str | None:
+    def _init_hook(self) -> None:
+        """The hook's own state (none here)."""
+
+    def logged_time_line(self, specs: Sequence[Any] | None) -> str | None:
+        """`time_line` of this hook's log and advisor; saves learned rates."""
         line = time_line(self.log, self.advisor, specs)
         self.save_rates()
         return line
 
-    def cached_result(
+    def logged_cached_result(
         self, name: str, arguments: Mapping[str, Any], specs: Sequence[Any] | None
     ) -> str | None:
+        """`cached_result` of this hook's log and advisor; saves learned rates."""
         result = cached_result(self.log, self.advisor, name, arguments, specs)
         self.save_rates()
         return result

@@ -48,7 +48,6 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.runtime import Runtime
 
-from memory.temporal import ToolCallAdvisor
 from services.agent_log import AgentEventLog
 from services.hooks import _core
 
@@ -167,23 +166,13 @@ def _as_arguments(input_str: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"input": parsed}
 
 
-class TempoMiddleware(AgentMiddleware):
-    """`create_agent` middleware: record, inject elapsed time, answer fresh calls from cache."""
+class TempoMiddleware(_core.HookCore, AgentMiddleware):
+    """`create_agent` middleware: record, inject elapsed time, answer fresh calls from cache.
 
-    def __init__(
-        self,
-        event_log: AgentEventLog,
-        advisor: ToolCallAdvisor | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        learn: bool = False,
-    ) -> None:
-        super().__init__()
-        self.core = _core.HookCore(event_log, advisor, tools, learn=learn)
-        self.log, self.advisor = self.core.log, self.core.advisor
-        self.tool_specs = self.core.tool_specs
+    `TempoMiddleware(event_log, advisor=None, tools=None, *, learn=False)` (see `HookCore`)."""
+
+    def _init_hook(self) -> None:
         self._seen: set[str] = set()
-        self.short_circuits = 0
 
     # -- recording -----------------------------------------------------------------------------
     def _record_state(self, messages: Sequence[AnyMessage]) -> None:
@@ -231,7 +220,7 @@ class TempoMiddleware(AgentMiddleware):
     def time_line(self, tools: Sequence[Any] | None = None) -> str | None:
         """'Current time: ... Elapsed: ... Advice: ...' for the logged conversation."""
         specs = self.tool_specs if self.tool_specs is not None else _openai_tools(tools or [])
-        return self.core.time_line(specs)
+        return self.logged_time_line(specs)
 
     def _inject(self, request: ModelRequest[Any]) -> ModelRequest[Any]:
         _core.safe("state sync", self._record_state, request.messages)
@@ -259,7 +248,7 @@ class TempoMiddleware(AgentMiddleware):
             if self.tool_specs is not None
             else _openai_tools([tool] if tool else [])
         )
-        return self.core.cached_result(name, arguments, specs or None)
+        return self.logged_cached_result(name, arguments, specs or None)
 
     def _before_tool(self, request: Any) -> ToolMessage | None:
         call = request.tool_call

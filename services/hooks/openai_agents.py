@@ -38,8 +38,7 @@ from agents.tool import Tool
 from agents.tool_context import ToolContext
 
 from kv_store import StoreUnavailable
-from memory.temporal import Decision, ToolCallAdvisor
-from services.agent_log import AgentEventLog
+from memory.temporal import Decision
 from services.hooks import _core
 
 log = logging.getLogger(__name__)
@@ -69,23 +68,16 @@ def _item_text(content: Any) -> str:
     return ""
 
 
-class AgentsTempoHook:
-    """Shared state of the run hooks, the model-input filter and the tool wrapper."""
+class AgentsTempoHook(_core.HookCore):
+    """Shared state of the run hooks, the model-input filter and the tool wrapper.
 
-    def __init__(
-        self,
-        event_log: AgentEventLog,
-        advisor: ToolCallAdvisor | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        *,
-        learn: bool = False,
-    ) -> None:
-        self.core = _core.HookCore(event_log, advisor, tools, learn=learn)
-        self.log, self.advisor, self.tools = self.core.log, self.core.advisor, self.core.tool_specs
+    `AgentsTempoHook(event_log, advisor=None, tools=None, *, learn=False)` (see `HookCore`)."""
+
+    def _init_hook(self) -> None:
+        self.tools = self.tool_specs
         self.hooks = _RecordingHooks(self)
         self._last_user: tuple[int, str] | None = None
         self._cached_calls: set[str] = set()
-        self.short_circuits = 0  # tool calls answered from the cache
         self._in_run = False
 
     # -- recording -----------------------------------------------------------------------------
@@ -121,13 +113,13 @@ class AgentsTempoHook:
         decision = self.advisor.decide(
             messages, self._tools_for(agent), now=_core.now_for(self.log, messages)
         )
-        self.core.save_rates()
+        self.save_rates()
         return messages, decision
 
     def time_line(self, agent: Agent[Any] | None = None) -> str | None:
         """'Current time: ... Elapsed: ... Advice: ...' for the logged conversation, or None
         when there is no user message yet."""
-        return self.core.time_line(self._tools_for(agent))
+        return self.logged_time_line(self._tools_for(agent))
 
     # -- the model-input filter ----------------------------------------------------------------
     def input_filter(self, data: CallModelData[Any]) -> ModelInputData:
@@ -174,7 +166,7 @@ class AgentsTempoHook:
         if not isinstance(wanted, dict):  # never equal to a cached call's arguments
             return None
         tools = [spec] if spec is not None else self.tools
-        return self.core.cached_result(name, wanted, tools)
+        return self.logged_cached_result(name, wanted, tools)
 
     def is_cached(self, call_id: str) -> bool:
         return call_id in self._cached_calls
