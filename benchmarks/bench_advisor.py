@@ -22,16 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks.timing import compare, fmt_ms
-from memory.temporal import (
-    ToolCallAdvisor,
-    always_call,
-    evaluate,
-    fixed_ttl,
-    format_confusion,
-    format_reports,
-    load_trajectories,
-    never_call,
-)
+from memory import temporal
+from memory.temporal import ToolCallAdvisor, evaluate, load_trajectories
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "toolcall_trajectories.jsonl"
 BLIND = DATA.with_name("toolcall_blind.jsonl")
@@ -71,7 +63,7 @@ def decision_latencies_s(rounds: int = 30) -> list[float]:
 def run(rounds: int = 30) -> str:
     trajectories = load_trajectories(DATA)
     advisor = ToolCallAdvisor()
-    ttl = fixed_ttl()
+    ttl = temporal.fixed_ttl()
 
     times = sorted(decision_latencies_s(rounds))
     median_us = statistics.median(times) * 1e6
@@ -125,8 +117,9 @@ def run(rounds: int = 30) -> str:
             f"{fmt_ms(versus_ttl.baseline_s)} ms for {len(trajectories)} decisions).\n\n"
             "Normalised alignment rate (balanced accuracy of call vs answer-directly against the "
             "label; 0.5 = chance; lexicon horizons, no embedder):\n\n"
-            f"{format_reports(reports)}\n\nAdvisor confusion matrix:\n\n"
-            f"{format_confusion(advisor_report.confusion)}\n\nAdvisor misses:\n\n{misses}\n"
+            f"{temporal.format_reports(reports)}\n\nAdvisor confusion matrix:\n\n"
+            f"{temporal.format_confusion(advisor_report.confusion)}\n\n"
+            f"Advisor misses:\n\n{misses}\n"
         )
     )
 
@@ -134,8 +127,8 @@ def run(rounds: int = 30) -> str:
 def _reports(trajectories: list, advisor: ToolCallAdvisor, ttl: object) -> dict:
     return {
         "advisor": evaluate(trajectories, advisor.decide),
-        "always-call": evaluate(trajectories, always_call),
-        "never-call": evaluate(trajectories, never_call),
+        "always-call": evaluate(trajectories, temporal.always_call),
+        "never-call": evaluate(trajectories, temporal.never_call),
         "30-min TTL": evaluate(trajectories, ttl),  # type: ignore[arg-type]
     }
 

@@ -13,15 +13,9 @@ from memory.clock import SimClock
 from services.agent_log import AgentEventLog
 from services.hooks._core import HookCore
 from services.learned_rates import RATES_KEY, StoredRates
+from tests.test_advisor_support import tool
 
-SPEC = {
-    "type": "function",
-    "function": {
-        "name": "get_news_digest",
-        "description": "Latest news headlines digest.",
-        "parameters": {"type": "object", "properties": {"topic": {"type": "string"}}},
-    },
-}
+SPEC = tool("get_news_digest", "Latest news headlines digest.", "topic")
 
 
 def _learning_session(store: BaseStore, session: str) -> HookCore:
