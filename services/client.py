@@ -29,7 +29,7 @@ errors are the same.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
 
 from services.schemas import (
     NAMESPACE_HEADER,
@@ -307,15 +307,69 @@ def step_payload(
     return request.model_dump(mode="json")
 
 
-class _ClientBase:
-    """What the sync and async clients share: the tenant, request building, answer parsing.
-    Each client adds only how a call is made (``_call``: blocking, or awaited)."""
+TransportT = TypeVar("TransportT")
 
-    def __init__(self, namespace: str, kind: SessionKind) -> None:
+
+class _ClientBase(Generic[TransportT]):
+    """What the sync and async clients share: the tenant, the constructor and ``connect``,
+    request building, answer parsing. Each client adds only how a call is made (``_call``:
+    blocking, or awaited) and which transports it speaks through (``HTTP_TRANSPORT``,
+    ``_from_ray``)."""
+
+    HTTP_TRANSPORT: ClassVar[Callable[..., Any]]
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        kind: SessionKind = "robot",
+        store: StoreSpec | str = "local",
+        worker: WorkerSpec | None = None,
+        config: SessionConfig | None = None,
+        worker_factory: ModelFactory | None = None,
+        ray_namespace: str | None = None,
+        detached: bool = False,
+        timeout_s: float = 120.0,
+        transport: TransportT | None = None,
+        hosts: HostSpec | None = None,
+    ) -> None:
         # Validates the namespace and kind once, naming the field on error.
         SessionId(kind=kind, namespace=namespace, id="probe")
         self.namespace = namespace
         self.kind = kind
+        if transport is None:
+            from services.policy_worker import WorkerSpec
+            from services.session import StoreSpec
+
+            ray = RayTransport(
+                hosts=hosts,
+                store=store if isinstance(store, StoreSpec) else StoreSpec(url=store),
+                worker=worker or WorkerSpec(),
+                config=config,
+                worker_factory=worker_factory,
+                ray_namespace=ray_namespace,
+                detached=detached,
+                timeout_s=timeout_s,
+            )
+            transport = self._from_ray(ray)
+        self.transport: TransportT = transport
+
+    def _from_ray(self, transport: RayTransport) -> TransportT:
+        raise NotImplementedError
+
+    @classmethod
+    def connect(
+        cls,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        namespace: str = "default",
+        token: str | None = None,
+        timeout_s: float = 120.0,
+    ) -> Self:
+        """A client of a ``tempomem serve`` at ``url`` (HTTP transport); ``namespace`` must be
+        the token's namespace when the server has tokens."""
+        transport = cls.HTTP_TRANSPORT(url, token=token, timeout_s=timeout_s)
+        return cls(namespace, transport=transport)
 
     def session_id(self, session: str | SessionId) -> SessionId:
         """A session of this client's tenant; ``PermissionError`` for another tenant's."""
@@ -345,32 +399,7 @@ class _ClientBase:
         return ResetRequest(reason=reason).model_dump(mode="json")
 
 
-def _ray_transport(
-    store: StoreSpec | str,
-    worker: WorkerSpec | None,
-    config: SessionConfig | None,
-    worker_factory: ModelFactory | None,
-    ray_namespace: str | None,
-    detached: bool,
-    timeout_s: float,
-    hosts: HostSpec | None,
-) -> RayTransport:
-    from services.policy_worker import WorkerSpec
-    from services.session import StoreSpec
-
-    return RayTransport(
-        hosts=hosts,
-        store=store if isinstance(store, StoreSpec) else StoreSpec(url=store),
-        worker=worker or WorkerSpec(),
-        config=config,
-        worker_factory=worker_factory,
-        ray_namespace=ray_namespace,
-        detached=detached,
-        timeout_s=timeout_s,
-    )
-
-
-class TempomemClient(_ClientBase):
+class TempomemClient(_ClientBase[Transport]):
     """Synchronous client of one tenant's sessions.
 
     Args:
@@ -385,38 +414,10 @@ class TempomemClient(_ClientBase):
             client of a Ray namespace.
     """
 
-    def __init__(
-        self,
-        namespace: str,
-        *,
-        kind: SessionKind = "robot",
-        store: StoreSpec | str = "local",
-        worker: WorkerSpec | None = None,
-        config: SessionConfig | None = None,
-        worker_factory: ModelFactory | None = None,
-        ray_namespace: str | None = None,
-        detached: bool = False,
-        timeout_s: float = 120.0,
-        transport: Transport | None = None,
-        hosts: HostSpec | None = None,
-    ) -> None:
-        super().__init__(namespace, kind)
-        self.transport: Transport = transport or _ray_transport(
-            store, worker, config, worker_factory, ray_namespace, detached, timeout_s, hosts
-        )
+    HTTP_TRANSPORT = HttpTransport
 
-    @classmethod
-    def connect(
-        cls,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        namespace: str = "default",
-        token: str | None = None,
-        timeout_s: float = 120.0,
-    ) -> TempomemClient:
-        """A client of a ``tempomem serve`` at ``url`` (HTTP transport); ``namespace`` must be
-        the token's namespace when the server has tokens."""
-        return cls(namespace, transport=HttpTransport(url, token=token, timeout_s=timeout_s))
+    def _from_ray(self, transport: RayTransport) -> Transport:
+        return transport
 
     def _call(self, method: str, session_id: str | SessionId, payload: Any = None) -> Any:
         answer = self.transport.call(self.session_id(session_id), method, payload)
@@ -468,42 +469,13 @@ class TempomemClient(_ClientBase):
         return StepStream(self._stream_core(self.transport, session_id))
 
 
-class AsyncTempomemClient(_ClientBase):
+class AsyncTempomemClient(_ClientBase[AsyncTransport]):
     """``TempomemClient`` for asyncio code: the same methods, awaited. Same arguments."""
 
-    def __init__(
-        self,
-        namespace: str,
-        *,
-        kind: SessionKind = "robot",
-        store: StoreSpec | str = "local",
-        worker: WorkerSpec | None = None,
-        config: SessionConfig | None = None,
-        worker_factory: ModelFactory | None = None,
-        ray_namespace: str | None = None,
-        detached: bool = False,
-        timeout_s: float = 120.0,
-        transport: AsyncTransport | None = None,
-        hosts: HostSpec | None = None,
-    ) -> None:
-        super().__init__(namespace, kind)
-        self.transport: AsyncTransport = transport or AsyncRayTransport(
-            _ray_transport(
-                store, worker, config, worker_factory, ray_namespace, detached, timeout_s, hosts
-            )
-        )
+    HTTP_TRANSPORT = AsyncHttpTransport
 
-    @classmethod
-    def connect(
-        cls,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        namespace: str = "default",
-        token: str | None = None,
-        timeout_s: float = 120.0,
-    ) -> AsyncTempomemClient:
-        """An asyncio client of a ``tempomem serve`` at ``url`` (HTTP transport)."""
-        return cls(namespace, transport=AsyncHttpTransport(url, token=token, timeout_s=timeout_s))
+    def _from_ray(self, transport: RayTransport) -> AsyncTransport:
+        return AsyncRayTransport(transport)
 
     async def _call(self, method: str, session_id: str | SessionId, payload: Any = None) -> Any:
         answer = await self.transport.call(self.session_id(session_id), method, payload)
