@@ -23,6 +23,11 @@ POLICIES: dict[str, ZooEntry] = {
         "tempomem/TextRecall-v0",
         "SmolLM2-135M-Instruct scoring the option words (text tasks)",
     ),
+    "gemma3": ZooEntry(
+        "envs.text_policy:load_gemma3_text_policy",
+        "tempomem/TextRecall-v0",
+        "Gemma 3 270M (base) scoring the option words (text tasks)",
+    ),
     "tmaze-tiny": ZooEntry(
         "envs.vector_policy:load_vector_policy",
         "tempomem/TMaze-v0",

@@ -4,8 +4,9 @@ transformers announces removals in two ways: Python warnings (``FutureWarning`` 
 ``DeprecationWarning``, e.g. ``past_key_values`` -> ``cache``) and ``logger.warning_once`` lines
 (e.g. ``torch_dtype`` -> ``dtype``). Both are caught here while TempoFit (every loading and
 retrieval mode), choice scoring with a multi-token choice, layer calibration, EpisodicLM and the
-loaders run, so a path that would break at the announced removal fails now, under the locked
-and under the newest allowed transformers (``make test-latest``).
+loaders run (tiny LLaMA, Qwen3, Gemma 2 and Gemma 3 models; SmolLM2 and Gemma 3 270M when
+slow), so a path that would break at the announced removal fails now, under the locked and
+under the newest allowed transformers (``make test-latest``).
 """
 
 from __future__ import annotations
@@ -102,14 +103,36 @@ def test_tempofit_paths_emit_no_deprecations(family: str, case: str) -> None:
     assert found == []
 
 
-def test_episodic_lm_emits_no_deprecations() -> None:
-    model = tiny_random_model("llama")
-    config = EpisodicConfig(
-        n_init=4, n_local=16, budget=16, chunk_size=8, min_event_size=2, max_event_size=8,
-        surprise_window=8, n_repr=2, k_similar=2, k_contiguous=1,
-    )  # fmt: skip
+# Gemma 3 as the 270M model has it: one KV head, sliding-window layers around full ones. The
+# concat ablation does not support Gemma 3 (one rotary table per layer type).
+def tiny_gemma3() -> Any:
+    return tiny_random_model(
+        "gemma3",
+        attn_implementation="eager",
+        num_key_value_heads=1,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+    )
+
+
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"concat"}))
+def test_tempofit_paths_on_gemma3_emit_no_deprecations(case: str) -> None:
+    model = tiny_gemma3()
     with deprecations() as found:
-        lm = EpisodicLM(model, config)
+        CASES[case](model)
+    assert found == []
+
+
+EPISODIC = EpisodicConfig(
+    n_init=4, n_local=16, budget=16, chunk_size=8, min_event_size=2, max_event_size=8,
+    surprise_window=8, n_repr=2, k_similar=2, k_contiguous=1,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_episodic_lm_emits_no_deprecations(family: str) -> None:
+    model = tiny_random_model("llama") if family == "llama" else tiny_gemma3()
+    with deprecations() as found:
+        lm = EpisodicLM(model, EPISODIC)
         try:
             lm.generate(frames(1)[0].repeat(1, 6), max_new_tokens=4)
         finally:
@@ -134,6 +157,23 @@ def test_smollm2_load_tempofit_and_episodic_emit_no_deprecations() -> None:
     with deprecations() as found:
         model, _ = load_smollm2()
         run_tempofit_steps(model, TempoFitConfig(layers=[6, 9], capacity=2))
+        lm = EpisodicLM(
+            model, EpisodicConfig(n_init=8, n_local=32, budget=32, chunk_size=16, max_event_size=16)
+        )
+        try:
+            lm.generate(frames(1)[0].repeat(1, 8), max_new_tokens=2)
+        finally:
+            lm.remove()
+    assert found == []
+
+
+@pytest.mark.slow
+def test_gemma3_load_tempofit_and_episodic_emit_no_deprecations() -> None:
+    from policies import load_gemma3
+
+    with deprecations() as found:
+        model, _ = load_gemma3()
+        run_tempofit_steps(model, TempoFitConfig(layers=[4, 5], capacity=2))
         lm = EpisodicLM(
             model, EpisodicConfig(n_init=8, n_local=32, budget=32, chunk_size=16, max_event_size=16)
         )
