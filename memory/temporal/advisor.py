@@ -31,13 +31,9 @@ Decision rule, for the tool relevant to the last user message, first match wins:
    for days. Without any times, tools whose horizon is under `NO_TIMES_CALL_BELOW_S` are called
    and others answered.
 
-Tool relevance: request words (minus common words) in the tool's name count 2, in its
-description or parameters 1, in the arguments or content of its cached exchange 1; ties go to
-the tool whose kind fits the request (an action tool when the user asks to act, else a read
-tool), then to the tool listed first. A short "yes, go ahead" after the assistant proposed
-something is read together with that proposal. With no score above zero: a single tool is that
-tool; else the embedder's nearest tool (if given); else the most recently called tool; else
-(nothing called yet, so nothing to answer from) the first tool listed.
+Tool relevance (`tool_choice.select_tool`): request words in a tool's name, description and
+cached exchange, with a request to act sent to a tool that acts. A short "yes, go ahead" after
+the assistant proposed something is read together with that proposal.
 
 Never raises on a chat (see `chat.read_chat` for the shapes read); `Decision.signals` names
 every cue seen and `Decision.reason` says what had to be guessed.
@@ -52,12 +48,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-import numpy as np
-
 from memory.clock import Clock
 from memory.temporal.chat import Chat, ToolResult, read_chat
 from memory.temporal.coverage import COMMON_WORDS, Coverage, check_coverage
-from memory.temporal.cues import ACT_VERBS, GENERIC_DO, RequestCues, read_request, wants_action
+from memory.temporal.cues import RequestCues, read_request, wants_action
 from memory.temporal.horizons import (
     CLASS_HORIZON_S,
     Embedder,
@@ -87,12 +81,16 @@ from memory.temporal.results import (
     terminal_state,
 )
 from memory.temporal.signals import ElapsedSignals, humanize_duration
-from memory.temporal.tool_kinds import ToolNature, classify_tool
+from memory.temporal.tool_choice import (
+    ToolEntry,
+    exchange_texts,
+    exchange_words,
+    names_a_cached_argument,
+    select_tool,
+)
+from memory.temporal.tool_kinds import classify_tool
 
 ToolLike = ToolSpec | Mapping[str, Any] | Callable[..., Any]
-NAME_SCORE = 2
-DESCRIPTION_SCORE = 1
-EXCHANGE_SCORE = 1
 NO_TIMES_CALL_BELOW_S = 120.0
 TERMINAL_HORIZON_S = CLASS_HORIZON_S[Volatility.DAYS]
 # A total, rate or what-if over data the user has just seen is answered from it for this long
@@ -143,17 +141,6 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class _ToolEntry:
-    """What the advisor keeps per tool spec (cached by the spec's digest)."""
-
-    spec: ToolSpec
-    horizon: HorizonEstimate
-    nature: ToolNature
-    name_words: frozenset[str]
-    description_words: frozenset[str]
-
-
-@dataclass(frozen=True)
 class _Horizon:
     seconds: float
     source: str
@@ -188,10 +175,10 @@ class ToolCallAdvisor:
         self.rates = rates if rates is not None else ChangeRateModel()
         self.learn = learn
         self.resolver = HorizonResolver(embedder=embedder, max_cache=max_cache)
-        self._entries: dict[str, _ToolEntry] = {}
-        self._declared: dict[str, _ToolEntry] = {}
-        self._tool_memo: IdentityMemo[_ToolEntry] = IdentityMemo(max_cache, nested=True)
-        self._spec_memo: dict[int, tuple[ToolSpec, _ToolEntry]] = {}
+        self._entries: dict[str, ToolEntry] = {}
+        self._declared: dict[str, ToolEntry] = {}
+        self._tool_memo: IdentityMemo[ToolEntry] = IdentityMemo(max_cache, nested=True)
+        self._spec_memo: dict[int, tuple[ToolSpec, ToolEntry]] = {}
         self._learned: dict[tuple[float, float, float, float], float] = {}
         for tool in tool_specs or ():
             entry = self._entry(tool)
@@ -228,7 +215,7 @@ class ToolCallAdvisor:
         if chat.last_request is None:
             return False
         request, cues = self._request(chat)
-        entry = self._select(chat, request, cues, self._available(tools, []))
+        entry = select_tool(chat, request, cues, self._available(tools, []), self.embedder)
         if entry is None:
             return False
         result = chat.last_result(entry.spec.name)
@@ -248,12 +235,12 @@ class ToolCallAdvisor:
             return _answer_only("no user message to advise on", ReasonCode.NO_REQUEST, seen, notes)
         request, cues = self._request(chat)
         seen += _cue_names(cues)
-        if cues.general and not wants_action(cues) and not _names_a_cached_argument(chat, request):
+        if cues.general and not wants_action(cues) and not names_a_cached_argument(chat, request):
             return _answer_only(
                 "a general question (knowledge, advice or writing): no tool's data needed",
                 ReasonCode.GENERAL_QUESTION, seen, notes,
             )  # fmt: skip
-        entry = self._select(chat, request, cues, self._available(tools, seen))
+        entry = select_tool(chat, request, cues, self._available(tools, seen), self.embedder)
         if entry is None:
             return _answer_only("no available tool is relevant", ReasonCode.NO_TOOL, seen, notes)
         return _Judgement(self, chat, request, cues, entry, seen, notes).decide()
@@ -276,7 +263,7 @@ class ToolCallAdvisor:
 
     # ---------------------------------------------------------------- tools
 
-    def _available(self, tools: Sequence[ToolLike] | None, seen: list[str]) -> list[_ToolEntry]:
+    def _available(self, tools: Sequence[ToolLike] | None, seen: list[str]) -> list[ToolEntry]:
         if tools is None:
             return list(self._declared.values())
         entries = []
@@ -290,7 +277,7 @@ class ToolCallAdvisor:
             entries.append(declared if declared is not None and declared.spec.horizon_s else entry)
         return entries
 
-    def _entry(self, tool: ToolLike) -> _ToolEntry:
+    def _entry(self, tool: ToolLike) -> ToolEntry:
         if isinstance(tool, dict | Mapping):  # the same spec dict comes with every decision
             return self._tool_memo.get(tool, self._entry_of)
         if isinstance(tool, ToolSpec):  # frozen: safe to remember by identity
@@ -302,7 +289,7 @@ class ToolCallAdvisor:
             return hit[1]
         return self._entry_of(tool)
 
-    def _entry_of(self, tool: ToolLike) -> _ToolEntry:
+    def _entry_of(self, tool: ToolLike) -> ToolEntry:
         # A ToolSpec or tool function is converted once: its digest keys both caches.
         converted = None if isinstance(tool, Mapping) else as_tool_spec(tool)
         key = stable_digest(tool) if converted is None else converted.digest()
@@ -310,7 +297,7 @@ class ToolCallAdvisor:
         if entry is None:
             spec = converted if converted is not None else as_tool_spec(tool)
             name_text, rest = spec_text_fields(spec)
-            entry = _ToolEntry(
+            entry = ToolEntry(
                 spec=spec,
                 horizon=self.resolver.resolve(spec, digest=None if converted is None else key),
                 nature=classify_tool(spec),
@@ -321,43 +308,6 @@ class ToolCallAdvisor:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[key] = entry
         return entry
-
-    def _select(
-        self, chat: Chat, request: str, cues: RequestCues, entries: list[_ToolEntry]
-    ) -> _ToolEntry | None:
-        if not entries:
-            return None
-        request_words = frozenset(words(request)) - COMMON_WORDS
-        acting = _acting_tools(cues, entries)
-        if acting:  # "book the 3:20": a tool that acts, not the lookup that listed the slots
-            entries = acting
-        best, best_key = entries[0], (0, False)
-        for entry in entries:
-            score = NAME_SCORE * len(request_words & entry.name_words)
-            score += DESCRIPTION_SCORE * len(request_words & entry.description_words)
-            result = chat.last_result(entry.spec.name)
-            if result is not None:
-                score += EXCHANGE_SCORE * len(request_words & _exchange_words(result))
-            fits = entry.nature.is_action == wants_action(cues, entry.nature.verbs)
-            if score > 0 and (score, fits) > best_key:
-                best, best_key = entry, (score, fits)
-        if best_key[0] > 0 or len(entries) == 1:
-            return best
-        if self.embedder is not None:
-            return self._nearest_by_embedding(request, entries)
-        called = chat.called_tools()
-        by_name = {entry.spec.name: entry for entry in entries}
-        recent = [(call.index, by_name[name]) for name, call in called.items() if name in by_name]
-        if recent:  # a follow-up such as "And in Berlin?"
-            return max(recent, key=lambda pair: pair[0])[1]
-        return None if cues.closing else entries[0]  # nothing cached: any tool is a call
-
-    def _nearest_by_embedding(self, request: str, entries: list[_ToolEntry]) -> _ToolEntry:
-        assert self.embedder is not None
-        texts = [request] + [": ".join(spec_text_fields(e.spec)) for e in entries]
-        vectors = np.asarray(self.embedder.embed(texts))
-        similarity = vectors[1:] @ vectors[0]
-        return entries[int(np.argmax(similarity))]
 
     def _learned_horizon(self, evidence: Evidence, prior_s: float) -> float:
         key = (evidence.changes, evidence.exposure_s, evidence.observations, prior_s)
@@ -378,7 +328,7 @@ class _Judgement:
         chat: Chat,
         request: str,
         cues: RequestCues,
-        entry: _ToolEntry,
+        entry: ToolEntry,
         seen: list[str],
         notes: list[str],
     ) -> None:
@@ -432,7 +382,7 @@ class _Judgement:
                 ReasonCode.RECALL,
             )  # fmt: skip
         subject = frozenset(words(cues.subject or "")) - COMMON_WORDS
-        if subject and not subject & _exchange_words(last):
+        if subject and not subject & exchange_words(last):
             return self._out(
                 True, age, False,
                 f"the user asks about {cues.subject!r}, which the cached {name} exchange never "
@@ -516,7 +466,7 @@ class _Judgement:
             self.request,
             result.arguments,
             result.text,
-            context=_exchange_texts(chat, result, proposal=self.cues.affirmation),
+            context=exchange_texts(chat, result, proposal=self.cues.affirmation),
             tool=self.entry.spec,
             embedder=self.advisor.embedder,
         )
@@ -602,63 +552,3 @@ def _cue_names(cues: RequestCues) -> list[str]:
         ("derived", cues.derived),
     ]
     return [name for name, present in names if present]
-
-
-_EXCHANGE_WORDS: dict[str, frozenset[str]] = {}
-_EXCHANGE_WORDS_MAX = 4096  # bounded; a conversation's cached exchange is re-read every decision
-
-
-def _acting_tools(cues: RequestCues, entries: list[_ToolEntry]) -> list[_ToolEntry]:
-    """For a request to act, the tools that can do it: action tools whose verbs fit, else any
-    action tool, else tools named after the requested verb ("enroll" -> "enrollment")."""
-    if cues.question or not cues.requested_verbs & ACT_VERBS:
-        return []
-    actions = [e for e in entries if e.nature.is_action]
-    fitting = [e for e in actions if cues.requested_verbs & e.nature.verbs]
-    if fitting or actions:
-        return fitting or actions
-    stems = {v[:5] for v in cues.requested_verbs - GENERIC_DO if len(v) >= 4}
-    return [e for e in entries if any(w[:5] in stems for w in e.name_words if len(w) >= 4)]
-
-
-def _names_a_cached_argument(chat: Chat, request: str) -> bool:
-    """Whether the request names a value an earlier tool call was made with ("why is Oslo so
-    warm?" after get_weather(city=Oslo) is about the cached data, not general knowledge)."""
-    request_words = frozenset(words(request)) - COMMON_WORDS
-    for call in chat.called_tools().values():
-        values = " ".join(str(v) for v in call.arguments.values())
-        if request_words & (frozenset(words(values)) - COMMON_WORDS):
-            return True
-    return False
-
-
-def _exchange_words(result: ToolResult) -> frozenset[str]:
-    """Words of a tool's cached exchange (its call's arguments and its result)."""
-    arguments = " ".join(f"{k} {v}" for k, v in result.arguments.items())
-    text = f"{arguments} {result.text}"
-    hit = _EXCHANGE_WORDS.get(text)
-    if hit is None:
-        hit = frozenset(words(text)) - COMMON_WORDS
-        if len(_EXCHANGE_WORDS) >= _EXCHANGE_WORDS_MAX:
-            _EXCHANGE_WORDS.clear()
-        _EXCHANGE_WORDS[text] = hit
-    return hit
-
-
-def _exchange_texts(chat: Chat, result: ToolResult, proposal: bool = False) -> list[str]:
-    """Texts of the exchange around a cached result: from the user message that led to the
-    call up to the next user message (not including the request being advised on, nor the
-    proposal a "yes" accepts)."""
-    start = result.call.index if result.call is not None else result.index
-    turns = chat.turns
-    while start > 0 and turns[start].role != "user":
-        start -= 1
-    end = len(turns) if chat.last_request is None else chat.last_request
-    if proposal:
-        end = next((i for i in range(end - 1, -1, -1) if turns[i].role == "assistant"), end)
-    texts = []
-    for index in range(start, end):
-        if index > result.index and turns[index].role == "user":
-            break
-        texts.append(turns[index].text)
-    return texts
