@@ -24,14 +24,20 @@ BENCHMARKS = {
         "run",
     ),
     "kernels": ("FGTB retrieval kernels", "benchmarks.bench_kernels", "report"),
-    "tempofit": ("TempoFit on SmolLM2", "benchmarks.bench_tempofit", "run"),
+    "tempofit": ("TempoFit on SmolLM2 and Gemma 3", "benchmarks.bench_tempofit", "run"),
     "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),
     "episodic": ("Episodic memory (EM-LLM) on SmolLM2", "benchmarks.bench_episodic", "run"),
+    "episodic-gemma3": (
+        "Episodic memory (EM-LLM) on Gemma 3 270M",
+        "benchmarks.bench_episodic",
+        "run_gemma3",
+    ),
     "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
     "mcp": ("MCP freshness proxy", "benchmarks.bench_mcp", "run"),
     "service": ("Service overhead and load", "benchmarks.bench_service", "run"),
     "sessions": ("Sessions per process (session hosts)", "benchmarks.bench_sessions", "run"),
     "eval": ("Memory for frozen policies: evaluation on the tasks", "benchmarks.bench_eval", "run"),
+    "eval-gemma3": ("Text recall with Gemma 3 270M", "benchmarks.bench_gemma3_text", "run"),
 }
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = """# Benchmarks

@@ -45,6 +45,28 @@ def _rows(name: str, report: EvalReport) -> list[str]:
     return rows
 
 
+def evaluate_config(
+    name: str, policy: Any, policy_name: str, env_id: str, kwargs: dict[str, Any], episodes: int
+) -> tuple[list[str], list[str]]:
+    """Table rows and plot links of one configuration (seed 1000; JSON and plots written to
+    docs/eval/ under ``name``)."""
+    report = evaluate(
+        env_id,
+        policy,
+        episodes=episodes,
+        seed=1000,
+        env_kwargs=kwargs,
+        runner_options=runner_options(policy_name, stack=STACK_K),
+    )
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    (PLOTS / f"{name}.json").write_text(report.to_json())
+    images = [
+        f"![{path.stem}](docs/eval/{path.name})"
+        for path in plot_all(report, PLOTS, prefix=f"{name}_")
+    ]
+    return _rows(name, report), images
+
+
 def run(episodes: int = 30) -> str:
     """All configurations as markdown (plots written to docs/eval/)."""
     policies: dict[str, Any] = {}
@@ -54,19 +76,9 @@ def run(episodes: int = 30) -> str:
         policy = policies.get(policy_name) or policies.setdefault(
             policy_name, load_policy(policy_name)
         )
-        report = evaluate(
-            env_id,
-            policy,
-            episodes=episodes,
-            seed=1000,
-            env_kwargs=kwargs,
-            runner_options=runner_options(policy_name, stack=STACK_K),
-        )
-        table += _rows(name, report)
-        (PLOTS / f"{name}.json").parent.mkdir(parents=True, exist_ok=True)
-        (PLOTS / f"{name}.json").write_text(report.to_json())
-        for path in plot_all(report, PLOTS, prefix=f"{name}_"):
-            images.append(f"![{path.stem}](docs/eval/{path.name})")
+        rows, links = evaluate_config(name, policy, policy_name, env_id, kwargs, episodes)
+        table += rows
+        images += links
     return "\n".join(
         [
             f"{episodes} seeded episodes per row (the same episodes for every memory); success "

@@ -151,29 +151,15 @@ def test_the_probe_sees_a_deprecated_call() -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_load_tempofit_and_episodic_emit_no_deprecations() -> None:
-    from policies import load_smollm2
+@pytest.mark.parametrize(("loader", "layers"), [("load_smollm2", [6, 9]), ("load_gemma3", [4, 5])])
+def test_real_model_load_tempofit_and_episodic_emit_no_deprecations(
+    loader: str, layers: list[int]
+) -> None:
+    import policies
 
     with deprecations() as found:
-        model, _ = load_smollm2()
-        run_tempofit_steps(model, TempoFitConfig(layers=[6, 9], capacity=2))
-        lm = EpisodicLM(
-            model, EpisodicConfig(n_init=8, n_local=32, budget=32, chunk_size=16, max_event_size=16)
-        )
-        try:
-            lm.generate(frames(1)[0].repeat(1, 8), max_new_tokens=2)
-        finally:
-            lm.remove()
-    assert found == []
-
-
-@pytest.mark.slow
-def test_gemma3_load_tempofit_and_episodic_emit_no_deprecations() -> None:
-    from policies import load_gemma3
-
-    with deprecations() as found:
-        model, _ = load_gemma3()
-        run_tempofit_steps(model, TempoFitConfig(layers=[4, 5], capacity=2))
+        model, _ = getattr(policies, loader)()
+        run_tempofit_steps(model, TempoFitConfig(layers=layers, capacity=2))
         lm = EpisodicLM(
             model, EpisodicConfig(n_init=8, n_local=32, budget=32, chunk_size=16, max_event_size=16)
         )
