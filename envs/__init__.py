@@ -1,11 +1,12 @@
 """Gymnasium wrappers and non-Markovian tasks; ``import envs`` registers the ``tempomem/`` ids.
 
 Registered ids (``TASK_IDS``): ``tempomem/TextRecall-v0`` (text cue recall for LLM policies),
-``tempomem/TMaze-v0`` (vector cue-delay T-maze) and, when the optional ``minigrid`` package is
-installed, ``tempomem/MiniGridMemory-v0`` (MiniGrid's MemoryS7 told in text) and, when the
-optional ``popgym`` package is installed, ``tempomem/PopgymRepeatFirst-v0`` (POPGym's RepeatFirst:
-repeat the first card's suit). The tasks end their episodes themselves, so none has a
-``max_episode_steps``.
+``tempomem/TMaze-v0`` (vector cue-delay T-maze), ``tempomem/ObjectPermanence-v0`` (a tabletop
+image + instruction: find the target block under one of several cups) and, when the optional
+``minigrid`` package is installed, ``tempomem/MiniGridMemory-v0`` (MiniGrid's MemoryS7 told in
+text) and, when the optional ``popgym`` package is installed, ``tempomem/PopgymRepeatFirst-v0``
+(POPGym's RepeatFirst: repeat the first card's suit). The tasks end their episodes themselves,
+so none has a ``max_episode_steps``.
 
 Importing this package is light (gymnasium only): the wrappers, which need ``memory`` (and
 through it torch), load on first use of ``envs.ElapsedTimeWrapper`` / ``envs.TimestampWrapper``.
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 _ENTRY_POINTS = {
     "tempomem/TextRecall-v0": "envs.tasks.text_recall:TextRecallEnv",
     "tempomem/TMaze-v0": "envs.tasks.tmaze:TMazeEnv",
+    "tempomem/ObjectPermanence-v0": "envs.tasks.object_permanence:ObjectPermanenceEnv",
 }
 if importlib.util.find_spec("minigrid") is not None:
     _ENTRY_POINTS["tempomem/MiniGridMemory-v0"] = "envs.tasks.minigrid_memory:MiniGridMemoryEnv"

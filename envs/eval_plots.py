@@ -122,6 +122,8 @@ def _chance(report: EvalReport) -> float | None:
         return 1.0 / float(choices or 4)
     if "TMaze" in report.env_id:
         return 0.5
+    if "ObjectPermanence" in report.env_id:  # a cup picked at random
+        return 1.0 / (1 + int(report.env_kwargs.get("distractors", 2)))
     return None
 
 
