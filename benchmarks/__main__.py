@@ -15,29 +15,25 @@ from pathlib import Path
 
 import torch
 
-# name -> (section title, module, function returning the section's markdown)
-BENCHMARKS = {
-    "store": ("State stores", "benchmarks.bench_store", "run"),
-    "langgraph": (
-        "Agent store search at size (KVLangGraphStore)",
-        "benchmarks.bench_langgraph_store",
-        "run",
+# name -> (section title, "module:function" in benchmarks/ returning the section's markdown)
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "store": ("State stores", "bench_store:run"),
+    "langgraph": ("Agent store search at size (KVLangGraphStore)", "bench_langgraph_store:run"),
+    "kernels": ("FGTB retrieval kernels", "bench_kernels:report"),
+    "tempofit": ("TempoFit on SmolLM2 and Gemma 3", "bench_tempofit:run"),
+    "refinement": ("Episodic boundary refinement", "bench_refinement:run"),
+    "episodic": ("Episodic memory (EM-LLM) on SmolLM2", "bench_episodic:run"),
+    "episodic-gemma3": ("Episodic memory (EM-LLM) on Gemma 3 270M", "bench_episodic:run_gemma3"),
+    "advisor": ("Tool-call advisor (TicToc)", "bench_advisor:run"),
+    "mcp": ("MCP freshness proxy", "bench_mcp:run"),
+    "service": ("Service overhead and load", "bench_service:run"),
+    "sessions": ("Sessions per process (session hosts)", "bench_sessions:run"),
+    "eval": ("Memory for frozen policies: evaluation on the tasks", "bench_eval:run"),
+    "permanence": (
+        "Object permanence: a VLA-shaped policy under occlusion",
+        "bench_permanence:run",
     ),
-    "kernels": ("FGTB retrieval kernels", "benchmarks.bench_kernels", "report"),
-    "tempofit": ("TempoFit on SmolLM2 and Gemma 3", "benchmarks.bench_tempofit", "run"),
-    "refinement": ("Episodic boundary refinement", "benchmarks.bench_refinement", "run"),
-    "episodic": ("Episodic memory (EM-LLM) on SmolLM2", "benchmarks.bench_episodic", "run"),
-    "episodic-gemma3": (
-        "Episodic memory (EM-LLM) on Gemma 3 270M",
-        "benchmarks.bench_episodic",
-        "run_gemma3",
-    ),
-    "advisor": ("Tool-call advisor (TicToc)", "benchmarks.bench_advisor", "run"),
-    "mcp": ("MCP freshness proxy", "benchmarks.bench_mcp", "run"),
-    "service": ("Service overhead and load", "benchmarks.bench_service", "run"),
-    "sessions": ("Sessions per process (session hosts)", "benchmarks.bench_sessions", "run"),
-    "eval": ("Memory for frozen policies: evaluation on the tasks", "benchmarks.bench_eval", "run"),
-    "eval-gemma3": ("Text recall with Gemma 3 270M", "benchmarks.bench_gemma3_text", "run"),
+    "eval-gemma3": ("Text recall with Gemma 3 270M", "bench_gemma3_text:run"),
 }
 OUTPUT = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 HEADER = """# Benchmarks
@@ -66,9 +62,10 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     text = OUTPUT.read_text() if OUTPUT.exists() else HEADER
     for name in names:
-        title, module, function = BENCHMARKS[name]
+        title, target = BENCHMARKS[name]
+        module, function = target.split(":")
         print(f"== {name}: {title}", flush=True)
-        body = getattr(importlib.import_module(module), function)()
+        body = getattr(importlib.import_module(f"benchmarks.{module}"), function)()
         print(body, flush=True)
         section = _section(name, title, body)
         pattern = re.compile(rf"<!-- bench:{name}:start -->.*?<!-- bench:{name}:end -->", re.S)

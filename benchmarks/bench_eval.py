@@ -47,9 +47,9 @@ def _rows(name: str, report: EvalReport) -> list[str]:
 
 def evaluate_config(
     name: str, policy: Any, policy_name: str, env_id: str, kwargs: dict[str, Any], episodes: int
-) -> tuple[list[str], list[str]]:
-    """Table rows and plot links of one configuration (seed 1000; JSON and plots written to
-    docs/eval/ under ``name``)."""
+) -> tuple[EvalReport, list[str], list[str]]:
+    """The report, table rows and plot links of one configuration (seed 1000; JSON and plots
+    written to docs/eval/ under ``name``)."""
     report = evaluate(
         env_id,
         policy,
@@ -64,7 +64,7 @@ def evaluate_config(
         f"![{path.stem}](docs/eval/{path.name})"
         for path in plot_all(report, PLOTS, prefix=f"{name}_")
     ]
-    return _rows(name, report), images
+    return report, _rows(name, report), images
 
 
 def run(episodes: int = 30) -> str:
@@ -76,7 +76,7 @@ def run(episodes: int = 30) -> str:
         policy = policies.get(policy_name) or policies.setdefault(
             policy_name, load_policy(policy_name)
         )
-        rows, links = evaluate_config(name, policy, policy_name, env_id, kwargs, episodes)
+        _, rows, links = evaluate_config(name, policy, policy_name, env_id, kwargs, episodes)
         table += rows
         images += links
     return "\n".join(

@@ -44,7 +44,7 @@ def run(episodes: int = 30) -> str:
     table: list[str] = []
     images: list[str] = []
     for name, kwargs in CONFIGS:
-        rows, links = evaluate_config(
+        _, rows, links = evaluate_config(
             name, policy, "gemma3", "tempomem/TextRecall-v0", kwargs, episodes
         )
         table += rows

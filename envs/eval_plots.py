@@ -5,6 +5,7 @@ Each function writes one PNG (matplotlib, Agg backend) and returns its path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,42 @@ def plot_timeline(report: EvalReport, path: str | Path, episode: int = 0) -> Pat
         ax.set_title(f"{result.memory}: {verdict}", fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046)
     fig.suptitle(f"What memory offered, episode {episode} (seed {shown[0].seed})", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_success_by(
+    reports: Sequence[EvalReport], key: str, path: str | Path, title: str = ""
+) -> Path:
+    """Success (95 % Wilson interval as error bars) against env kwarg ``key`` across
+    ``reports`` of one task and policy: one line per memory kind, and the chance level."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ordered = sorted(reports, key=lambda r: r.env_kwargs[key])
+    xs = [r.env_kwargs[key] for r in ordered]
+    for memory in dict.fromkeys(s.memory for r in ordered for s in r.summaries):
+        points = [(x, r.summary(memory)) for x, r in zip(xs, ordered, strict=True)]
+        ax.errorbar(
+            [x for x, _ in points],
+            [s.success_rate for _, s in points],
+            yerr=[
+                [s.success_rate - s.ci_low for _, s in points],
+                [s.ci_high - s.success_rate for _, s in points],
+            ],
+            marker="o",
+            capsize=4,
+            label=memory,
+            color=_COLOURS.get(memory, "#555"),
+        )
+    chance = _chance(ordered[0]) if ordered else None
+    if chance is not None:
+        ax.axhline(chance, color="k", linestyle=":", linewidth=1, label=f"chance {chance:.2f}")
+    ax.set_xticks(xs)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(key)
+    ax.set_ylabel("success rate (95 % Wilson CI)")
+    ax.legend(fontsize=8, loc="best")
+    if ordered:
+        ax.set_title(title or f"{ordered[0].env_id}, policy {ordered[0].policy}", fontsize=9)
     return _save(fig, path)
 
 

@@ -46,3 +46,15 @@ class FrozenPolicy(Protocol):
     model: Any
 
     def frame(self, obs: Any, info: dict[str, Any]) -> Frame: ...
+
+
+def frozen_model(model: Any, vocab_needed: int) -> Any:
+    """``model`` in eval mode with every gradient off, after checking that its vocabulary
+    holds the ``vocab_needed`` token ids a policy's encoder produces."""
+    vocab = int(getattr(model.config, "vocab_size", 0))
+    if vocab < vocab_needed:
+        raise ValueError(f"model vocab_size must be >= {vocab_needed} (TOKENS), got {vocab}")
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

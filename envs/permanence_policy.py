@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from envs.frozen_policy import Frame
+from envs.frozen_policy import Frame, frozen_model
 from envs.tasks.object_permanence import CELLS, COLOURS, CONTENTS, decode_cells
 
 INSTRUCTION_WORDS: tuple[str, ...] = ("pick", "up", "the", "block", *COLOURS)
@@ -120,13 +120,7 @@ class PermanenceVLA:
     name = "permanence-vla"
 
     def __init__(self, model: Any) -> None:
-        vocab = int(getattr(model.config, "vocab_size", 0))
-        if vocab < len(TOKENS):
-            raise ValueError(f"model vocab_size must be >= {len(TOKENS)} (TOKENS), got {vocab}")
-        model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        self.model = model
+        self.model = frozen_model(model, len(TOKENS))
 
     def frame(self, obs: Any, info: Mapping[str, Any] | None = None) -> Frame:
         return Frame(
@@ -165,3 +159,23 @@ def load_permanence_model(directory: str | Path | None = None) -> Any:
 def load_permanence_policy(directory: str | Path | None = None) -> PermanenceVLA:
     """The shipped ``permanence-vla`` policy (see ``load_permanence_model``)."""
     return PermanenceVLA(load_permanence_model(directory))
+
+
+def calibration_frames(
+    policy: PermanenceVLA, delay: int = 2, episodes: int = 16, distractors: int = 2
+) -> list[torch.Tensor]:
+    """Input ids of seeded occluded episodes (seeds ``0 .. episodes - 1``, action 0 at every
+    step) for ``policies.calibrate_layers``: one ``(episodes, 23)`` tensor per step (prefix +
+    ``<act>``; batch row = episode)."""
+    from envs.tasks.object_permanence import ObjectPermanenceEnv
+
+    env = ObjectPermanenceEnv(delay=delay, distractors=distractors)
+    rows = []
+    for seed in range(episodes):
+        obs, info = env.reset(seed=seed)
+        frames = [policy.frame(obs, info)]
+        for _ in range(env.episode_steps - 1):
+            obs, _, _, _, info = env.step(0)
+            frames.append(policy.frame(obs, info))
+        rows.append([frame.prefix_ids + frame.suffix_ids for frame in frames])
+    return list(torch.tensor(rows).unbind(1))

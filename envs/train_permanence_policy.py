@@ -31,9 +31,7 @@ build writes the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -66,6 +64,7 @@ from envs.tasks.object_permanence import (
     ObjectPermanenceEnv,
     expert_action_probs,
 )
+from envs.training_cli import run_training_cli, write_shipped_policy
 
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 800
@@ -227,27 +226,22 @@ def train(
 def save(policy: PermanenceVLA, report: TrainReport, directory: Path = WEIGHTS_DIR) -> None:
     """Write ``permanence_vla.safetensors`` and ``permanence_vla.json`` (config, tokens and
     the training report, whose ``weights_sha256`` is the hash of the weights file)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / WEIGHTS_FILE).write_bytes(weights_bytes(policy.model))
     meta = {"config": MODEL_CONFIG, "tokens": list(TOKENS), "training": asdict(report)}
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_shipped_policy(directory, (WEIGHTS_FILE, META_FILE), weights_bytes(policy.model), meta)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    args = parser.parse_args(argv)
-    policy, report = train(args.seed, args.steps, args.lr)
-    save(policy, report, args.out)
-    print(
+def _describe(report: TrainReport, out: Path) -> str:
+    return (
         f"trained in {report.train_seconds:.1f} s wall, {report.train_cpu_seconds:.1f} s CPU "
         f"({report.steps} steps of {BATCH}, "
         f"{report.frames} frames, loss {report.final_loss:.4f}); "
-        f"sha256 {report.weights_sha256[:16]}...; wrote {args.out / WEIGHTS_FILE}"
+        f"sha256 {report.weights_sha256[:16]}...; wrote {out / WEIGHTS_FILE}"
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = (DEFAULT_SEED, DEFAULT_STEPS, DEFAULT_LR, WEIGHTS_DIR)
+    run_training_cli(__doc__.splitlines()[0], defaults, train, save, _describe, argv)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ seeded; the global torch RNG is left alone), deterministic algorithms.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 import torch
 
 from envs.tasks.tmaze import TMazeEnv
+from envs.training_cli import run_training_cli, write_shipped_policy
 from envs.vector_policy import (
     ACT,
     ACTION_TOKENS,
@@ -178,33 +177,29 @@ def save(policy: VectorTokenPolicy, report: TrainReport, directory: Path = WEIGH
     """Write ``tmaze_policy.safetensors`` (tied head omitted) and ``tmaze_policy.json``."""
     from safetensors.torch import save as to_bytes
 
-    directory.mkdir(parents=True, exist_ok=True)
     state = {
         name: tensor.detach().contiguous()
         for name, tensor in policy.model.state_dict().items()
         if not (MODEL_CONFIG["tie_word_embeddings"] and name == "lm_head.weight")
     }
-    (directory / WEIGHTS_FILE).write_bytes(to_bytes(state, metadata={"format": "pt"}))
     meta = {"config": MODEL_CONFIG, "tokens": list(TOKENS), "training": asdict(report)}
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    weights = to_bytes(state, metadata={"format": "pt"})
+    write_shipped_policy(directory, (WEIGHTS_FILE, META_FILE), weights, meta)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
-    args = parser.parse_args(argv)
-    policy, report = train(args.seed, args.steps, args.lr)
-    save(policy, report, args.out)
-    print(
+def _describe(report: TrainReport, out: Path) -> str:
+    return (
         f"trained in {report.train_seconds:.1f} s ({report.steps} steps, {report.frames} "
         f"frames, {report.distinct_frames} distinct, loss {report.final_loss:.4f}); "
         "memoryless success: "
         f"cue_visible='always' {report.accuracy_always:.3f}, "
-        f"'start' {report.accuracy_start:.3f}; wrote {args.out / WEIGHTS_FILE}"
+        f"'start' {report.accuracy_start:.3f}; wrote {out / WEIGHTS_FILE}"
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = (DEFAULT_SEED, DEFAULT_STEPS, DEFAULT_LR, WEIGHTS_DIR)
+    run_training_cli(__doc__.splitlines()[0], defaults, train, save, _describe, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.frozen_policy import Frame
+from envs.frozen_policy import Frame, frozen_model
 
 TOKENS: tuple[str, ...] = (
     "<bos>",
@@ -110,13 +110,7 @@ class VectorTokenPolicy:
     name = "tmaze-tiny"
 
     def __init__(self, model: Any) -> None:
-        vocab = int(getattr(model.config, "vocab_size", 0))
-        if vocab < len(TOKENS):
-            raise ValueError(f"model vocab_size must be >= {len(TOKENS)} (TOKENS), got {vocab}")
-        model.eval()
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        self.model = model
+        self.model = frozen_model(model, len(TOKENS))
 
     def frame(self, obs: Any, info: Mapping[str, Any] | None = None) -> Frame:
         prefix = encode_observation(obs)

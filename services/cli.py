@@ -191,7 +191,9 @@ def eval_robot(
         str | None,
         typer.Option(help="Gymnasium id (default: the policy task, e.g. tempomem/TextRecall-v0)."),
     ] = None,
-    policy: Annotated[str, typer.Option(help="smollm2 (text tasks) or tmaze-tiny.")] = "smollm2",
+    policy: Annotated[
+        str, typer.Option(help="smollm2 or gemma3 (text tasks), tmaze-tiny or permanence-vla.")
+    ] = "smollm2",
     memory: Annotated[
         list[str] | None,
         typer.Option(help="none, tempofit, episodic, stacking; repeat (default: all four)."),
@@ -203,6 +205,10 @@ def eval_robot(
         typer.Option(help="Env constructor argument KEY=VALUE (JSON value), repeatable."),
     ] = None,
     capacity: Annotated[int, typer.Option(help="TempoFit frames (FIFO capacity).")] = 8,
+    beta: Annotated[
+        float | None,
+        typer.Option(help="TempoFit's Frame-Gap Temporal Bias strength (default: the config's)."),
+    ] = None,
     stack: Annotated[int, typer.Option(help="Frames stacked before the current one.")] = 4,
     out: Annotated[Path, typer.Option(help="Folder for report.json and the plots.")] = Path(
         "out/eval"
@@ -218,7 +224,7 @@ def eval_robot(
         if policy not in POLICIES:
             raise ValueError(f"--policy must be one of {sorted(POLICIES)}, got {policy!r}")
         env_kwargs = parse_env_args(env_arg or [])
-        options = runner_options(policy, capacity=capacity, stack=stack)
+        options = runner_options(policy, capacity=capacity, stack=stack, beta=beta)
         run_robot_eval(
             env or POLICIES[policy].default_env,
             policy,
@@ -433,21 +439,32 @@ def summarize_metrics(text: str) -> dict[str, str]:
 
 @app.command()
 def demo(
-    episodes: Annotated[int, typer.Option(help="Episodes per configuration.")] = 12,
-    delay: Annotated[int, typer.Option(help="Distractor steps between cue and question.")] = 3,
+    episodes: Annotated[
+        int, typer.Option(help="Episodes per configuration of the robot tasks.")
+    ] = 40,
+    text_episodes: Annotated[
+        int, typer.Option(help="Episodes per memory of the secondary text-recall row.")
+    ] = 12,
+    delay: Annotated[
+        int, typer.Option(help="Steps the target stays covered (and text distractor steps).")
+    ] = 3,
     out: Annotated[Path, typer.Option(help="Folder for demo.json and the plots.")] = Path("out"),
     seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 0,
 ) -> None:
     """Run the end-to-end demo (robot episodes with and without memory, an agent scenario)."""
     from services.demo import DemoSettings, run_demo
 
-    if not 1 <= episodes <= 1000:
-        console.print(f"[red]error[/]: --episodes must be in [1, 1000], got {episodes}")
-        raise typer.Exit(2)
+    for flag, value in (("--episodes", episodes), ("--text-episodes", text_episodes)):
+        if not 1 <= value <= 1000:
+            console.print(f"[red]error[/]: {flag} must be in [1, 1000], got {value}")
+            raise typer.Exit(2)
     if not 0 <= delay <= 64:
         console.print(f"[red]error[/]: --delay must be in [0, 64], got {delay}")
         raise typer.Exit(2)
-    run_demo(DemoSettings(episodes=episodes, delay=delay, out=out, seed=seed), console)
+    settings = DemoSettings(
+        episodes=episodes, text_episodes=text_episodes, delay=delay, out=out, seed=seed
+    )
+    run_demo(settings, console)
 
 
 def main() -> None:  # pragma: no cover - console entry

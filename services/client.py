@@ -29,7 +29,18 @@ errors are the same.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, Self, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Protocol,
+    Self,
+    TypedDict,
+    TypeVar,
+    Unpack,
+    cast,
+)
 
 from services.schemas import (
     NAMESPACE_HEADER,
@@ -287,22 +298,27 @@ _ANSWERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+class StepOptions(TypedDict, total=False):
+    """A step's optional arguments (see ``StepRequest``): ``t`` (seconds; default: the
+    session's clock), ``choices`` (candidate actions as token lists) and ``top_k``."""
+
+    t: float | None
+    choices: Sequence[Sequence[int]] | None
+    top_k: int
+
+
 def step_payload(
-    step_id: int,
-    input_ids: Sequence[int],
-    prefix_len: int,
-    t: float | None,
-    choices: Sequence[Sequence[int]] | None,
-    top_k: int,
+    step_id: int, input_ids: Sequence[int], prefix_len: int, **options: Unpack[StepOptions]
 ) -> dict[str, Any]:
     """A step request, validated here (the error names the field), as JSON-ready data."""
+    choices = options.get("choices")
     request = StepRequest(
         step_id=step_id,
         input_ids=list(input_ids),
         prefix_len=prefix_len,
-        t=t,
+        t=options.get("t"),
         choices=None if choices is None else [list(c) for c in choices],
-        top_k=top_k,
+        top_k=options.get("top_k", StepRequest.model_fields["top_k"].default),
     )
     return request.model_dump(mode="json")
 
@@ -429,12 +445,10 @@ class TempomemClient(_ClientBase[Transport]):
         step_id: int,
         input_ids: Sequence[int],
         prefix_len: int,
-        t: float | None = None,
-        choices: Sequence[Sequence[int]] | None = None,
-        top_k: int = 8,
+        **options: Unpack[StepOptions],
     ) -> StepResponse:
         """One control step; see ``StepRequest`` and ``StepResponse``."""
-        payload = step_payload(step_id, input_ids, prefix_len, t, choices, top_k)
+        payload = step_payload(step_id, input_ids, prefix_len, **options)
         return cast(StepResponse, self._call("step", session_id, payload))
 
     def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:
@@ -487,11 +501,9 @@ class AsyncTempomemClient(_ClientBase[AsyncTransport]):
         step_id: int,
         input_ids: Sequence[int],
         prefix_len: int,
-        t: float | None = None,
-        choices: Sequence[Sequence[int]] | None = None,
-        top_k: int = 8,
+        **options: Unpack[StepOptions],
     ) -> StepResponse:
-        payload = step_payload(step_id, input_ids, prefix_len, t, choices, top_k)
+        payload = step_payload(step_id, input_ids, prefix_len, **options)
         return cast(StepResponse, await self._call("step", session_id, payload))
 
     async def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:

@@ -19,9 +19,9 @@ import asyncio
 import json
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 
-from services.client import http_result, step_payload
+from services.client import StepOptions, http_result, step_payload
 from services.schemas import NAMESPACE_HEADER, SessionId, StepResponse
 
 
@@ -113,12 +113,10 @@ class StepStream:
         step_id: int,
         input_ids: Sequence[int],
         prefix_len: int,
-        t: float | None = None,
-        choices: Sequence[Sequence[int]] | None = None,
-        top_k: int = 8,
+        **options: Unpack[StepOptions],
     ) -> StepResponse:
         """One control step; see ``StepRequest`` and ``StepResponse``."""
-        payload = step_payload(step_id, input_ids, prefix_len, t, choices, top_k)
+        payload = step_payload(step_id, input_ids, prefix_len, **options)
         self._ws.send(self.core.message(payload))
         try:
             text = self._ws.recv(timeout=self.core.timeout_s)
@@ -172,11 +170,9 @@ class AsyncStepStream:
         step_id: int,
         input_ids: Sequence[int],
         prefix_len: int,
-        t: float | None = None,
-        choices: Sequence[Sequence[int]] | None = None,
-        top_k: int = 8,
+        **options: Unpack[StepOptions],
     ) -> StepResponse:
-        payload = step_payload(step_id, input_ids, prefix_len, t, choices, top_k)
+        payload = step_payload(step_id, input_ids, prefix_len, **options)
         await self._ws.send(self.core.message(payload))
         try:
             text = await asyncio.wait_for(self._ws.recv(), self.core.timeout_s)

@@ -33,12 +33,28 @@ def test_eval_robot_on_the_tmaze_writes_report_and_plots(tmp_path: Path) -> None
         assert (out / name).stat().st_size > 5_000
 
 
+def test_eval_robot_runs_permanence_vla_on_its_task_by_default(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    args = ["eval", "robot", "--policy", "permanence-vla", "--episodes", "6", "--beta", "0"]
+    args += ["--memory", "none", "--memory", "tempofit", "--env-arg", "delay=1"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["env_id"] == "tempomem/ObjectPermanence-v0"
+    assert report["env_kwargs"] == {"delay": 1} and report["policy"] == "permanence-vla"
+    for summary in report["summaries"]:
+        assert summary["episodes"] == 6
+        assert summary["ci_low"] <= summary["success_rate"] <= summary["ci_high"]
+
+
 def test_eval_robot_bad_options_exit_2_with_a_message(tmp_path: Path) -> None:
     for bad, words in (
         (["--policy", "gpt-9"], "--policy must be one of"),
         (["--env-arg", "corridor_length"], "KEY=VALUE"),
         (["--memory", "lstm"], "memories must be"),
         (["--capacity", "0"], "capacity must be"),
+        (["--beta", "-1"], "beta"),
+        (["--beta", "nan"], "beta"),
     ):
         args = ["eval", "robot", "--policy", "tmaze-tiny", "--episodes", "1"]
         result = runner.invoke(app, [*args, *bad, "--out", str(tmp_path)])
@@ -61,7 +77,7 @@ def test_make_demo_runs_end_to_end_with_few_episodes(tmp_path: Path) -> None:
     """The README's main job, with 2 episodes per configuration (CI runs this)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        ["make", "--no-print-directory", "demo", f"DEMO_ARGS=--episodes 2 --out {tmp_path}"],
+        ["make", "--no-print-directory", "demo", f"DEMO_ARGS=--episodes 2 --text-episodes 2 --out {tmp_path}"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -75,8 +91,9 @@ def test_make_demo_runs_end_to_end_with_few_episodes(tmp_path: Path) -> None:
     demo = json.loads((tmp_path / "demo.json").read_text())
     assert [run["memory"] for run in demo["service"]] == [True, False]
     assert all(run["episodes"] == 2 for run in demo["service"])
-    assert set(demo["in_process"]) == {"text", "tmaze"}
+    assert set(demo["in_process"]) == {"permanence", "tmaze", "text"}
+    assert demo["settings"]["text_episodes"] == 2
     assert len(demo["agent"]) == 6
-    for prefix in ("text_", "tmaze_"):
+    for prefix in ("permanence_", "text_", "tmaze_"):
         for name in ("success.png", "latency.png", "timeline.png"):
             assert (tmp_path / f"{prefix}{name}").stat().st_size > 5_000

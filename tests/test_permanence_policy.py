@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from envs.evaluation import evaluate, wilson_interval
 from envs.frozen_policy import Frame, FrozenPolicy
@@ -20,6 +19,7 @@ from envs.permanence_policy import (
     TOKENS,
     WEIGHTS_DIR,
     WEIGHTS_FILE,
+    calibration_frames,
     encode_instruction,
     encode_observation,
     load_permanence_policy,
@@ -120,19 +120,10 @@ def test_the_zoo_layer_is_what_calibrate_layers_picks_past_the_first_layer(polic
     first fifth of the depth."""
     from policies import calibrate_layers
 
-    env = ObjectPermanenceEnv(delay=2)
-    rows = []
-    for seed in range(16):
-        obs, info = env.reset(seed=seed)
-        frames = [policy.frame(obs, info)]
-        for _ in range(env.episode_steps - 1):
-            obs, _, _, _, info = env.step(0)
-            frames.append(policy.frame(obs, info))
-        rows.append([f.prefix_ids + f.suffix_ids for f in frames])
-    ids = torch.tensor(rows)  # (episodes, steps, tokens): batch row = session
-    prefix = len(frames[0].prefix_ids)
+    frames = calibration_frames(policy)
+    prefix = frames[0].shape[1] - 1  # everything before <act>
     calibration = calibrate_layers(
-        policy.model, list(ids.unbind(1)), candidates=[1, 2, 3], k=1, prefix_len=prefix
+        policy.model, frames, candidates=[1, 2, 3], k=1, prefix_len=prefix
     )
     assert tuple(calibration.layers) == POLICIES["permanence-vla"].tempofit_layers
     options = runner_options("permanence-vla", capacity=4, beta=0.0)

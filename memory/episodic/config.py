@@ -13,7 +13,7 @@ memory than from a long local window, hence ``budget = 2 * n_local``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +21,16 @@ RefineMetric = Literal["modularity", "conductance", "none"]
 
 MAX_TOKENS_BOUND = 1 << 20
 MAX_EVENTS_BOUND = 1 << 16
+
+
+def _tokens(default: int | None, description: str, ge: int = 1) -> Any:
+    """A field counting tokens: an int in ``[ge, MAX_TOKENS_BOUND]``."""
+    return Field(default=default, ge=ge, le=MAX_TOKENS_BOUND, description=description)
+
+
+def _events(default: int, description: str, ge: int = 0) -> Any:
+    """A field counting events: an int in ``[ge, MAX_EVENTS_BOUND]``."""
+    return Field(default=default, ge=ge, le=MAX_EVENTS_BOUND, description=description)
 
 
 class EpisodicConfig(BaseModel):
@@ -42,36 +52,25 @@ class EpisodicConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    n_init: int = Field(
-        default=128,
+    n_init: int = _tokens(
+        128,
+        "Attention-sink tokens at the start of the stream, always attended.",
         ge=0,
-        le=MAX_TOKENS_BOUND,
-        description="Attention-sink tokens at the start of the stream, always attended.",
     )
-    n_local: int = Field(
-        default=512,
-        ge=1,
-        le=MAX_TOKENS_BOUND,
-        description="Local window: the most recent tokens, always attended.",
+    n_local: int = _tokens(
+        512,
+        "Local window: the most recent tokens, always attended.",
     )
-    budget: int = Field(
-        default=1024,
-        ge=1,
-        le=MAX_TOKENS_BOUND,
-        description=(
-            "Most tokens of retrieved events attended per chunk; must be >= n_local. Default "
-            "1024 fits 16-32 typical events (32-64 tokens)."
-        ),
+    budget: int = _tokens(
+        1024,
+        "Most tokens of retrieved events attended per chunk; must be >= n_local. Default "
+        "1024 fits 16-32 typical events (32-64 tokens).",
     )
-    chunk_size: int = Field(
-        default=256,
-        ge=1,
-        le=MAX_TOKENS_BOUND,
-        description=(
-            "Tokens prefilled per step, segmented into events together; <= n_local. 256 gives "
-            "enough surprises per chunk for segmentation while keeping the chunk's own "
-            "similarity matrix (chunk_size^2) small."
-        ),
+    chunk_size: int = _tokens(
+        256,
+        "Tokens prefilled per step, segmented into events together; <= n_local. 256 gives "
+        "enough surprises per chunk for segmentation while keeping the chunk's own "
+        "similarity matrix (chunk_size^2) small.",
     )
     gamma: float = Field(
         default=1.0,
@@ -79,29 +78,20 @@ class EpisodicConfig(BaseModel):
         allow_inf_nan=False,
         description="Surprise threshold: boundary where s_t > mu + gamma * sigma (EM-LLM uses ~1).",
     )
-    surprise_window: int = Field(
-        default=128,
+    surprise_window: int = _tokens(
+        128,
+        "Number of previous surprises whose mean and population std set the threshold; at "
+        "least 2 so that a spread exists.",
         ge=2,
-        le=MAX_TOKENS_BOUND,
-        description=(
-            "Number of previous surprises whose mean and population std set the threshold; at "
-            "least 2 so that a spread exists."
-        ),
     )
-    min_event_size: int = Field(
-        default=8,
-        ge=1,
-        le=MAX_TOKENS_BOUND,
-        description="Fewest tokens per event: shorter events carry too little to retrieve.",
+    min_event_size: int = _tokens(
+        8,
+        "Fewest tokens per event: shorter events carry too little to retrieve.",
     )
-    max_event_size: int = Field(
-        default=128,
-        ge=1,
-        le=MAX_TOKENS_BOUND,
-        description=(
-            "Most tokens per event, so that one retrieval never swallows the budget; longer "
-            "stretches without a surprise boundary are cut evenly."
-        ),
+    max_event_size: int = _tokens(
+        128,
+        "Most tokens per event, so that one retrieval never swallows the budget; longer "
+        "stretches without a surprise boundary are cut evenly.",
     )
     refine_metric: RefineMetric = Field(
         default="modularity",
@@ -110,14 +100,11 @@ class EpisodicConfig(BaseModel):
             "minimise conductance, or 'none' (keep the surprise boundaries)."
         ),
     )
-    refine_window: int | None = Field(
-        default=None,
+    refine_window: int | None = _tokens(
+        None,
+        "How far (tokens) a boundary may move; None: anywhere between its neighbours "
+        "(EM-LLM's choice), always keeping min/max event sizes.",
         ge=0,
-        le=MAX_TOKENS_BOUND,
-        description=(
-            "How far (tokens) a boundary may move; None: anywhere between its neighbours "
-            "(EM-LLM's choice), always keeping min/max event sizes."
-        ),
     )
     n_repr: int = Field(
         default=4,
@@ -125,35 +112,23 @@ class EpisodicConfig(BaseModel):
         le=1024,
         description="Representative keys per event and head, used to score it for retrieval.",
     )
-    k_similar: int = Field(
-        default=16,
-        ge=0,
-        le=MAX_EVENTS_BOUND,
-        description="k_s: events retrieved by query-to-representative similarity per chunk.",
+    k_similar: int = _events(
+        16,
+        "k_s: events retrieved by query-to-representative similarity per chunk.",
     )
-    k_contiguous: int = Field(
-        default=8,
-        ge=0,
-        le=MAX_EVENTS_BOUND,
-        description="k_c: temporal neighbours of recently retrieved events added per chunk.",
+    k_contiguous: int = _events(
+        8,
+        "k_c: temporal neighbours of recently retrieved events added per chunk.",
     )
-    contiguity_queue: int = Field(
-        default=32,
-        ge=0,
-        le=MAX_EVENTS_BOUND,
-        description=(
-            "Capacity of the queue of recently retrieved event ids whose neighbours are "
-            "candidates for k_c (32: the similar events of the last two chunks)."
-        ),
+    contiguity_queue: int = _events(
+        32,
+        "Capacity of the queue of recently retrieved event ids whose neighbours are "
+        "candidates for k_c (32: the similar events of the last two chunks).",
     )
-    cache_events: int = Field(
-        default=64,
-        ge=0,
-        le=MAX_EVENTS_BOUND,
-        description=(
-            "Hot events kept on the model's device (LRU); 64 covers about 2-3 chunks' "
-            "retrievals (k_s + k_c = 24 each)."
-        ),
+    cache_events: int = _events(
+        64,
+        "Hot events kept on the model's device (LRU); 64 covers about 2-3 chunks' "
+        "retrievals (k_s + k_c = 24 each).",
     )
 
     @model_validator(mode="after")
