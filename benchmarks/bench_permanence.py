@@ -107,7 +107,7 @@ def _run(episodes: int) -> str:
         reports,
         "delay",
         PLOTS / "permanence_by_delay.png",
-        title=f"{ENV_ID} (2 distractors), {POLICY}: TempoFit capacity {CAPACITY}, "
+        title=f"{ENV_ID} (2 distractors), {POLICY}\nTempoFit capacity {CAPACITY}, "
         f"stacking {STACK_K}",
     )
 
