@@ -330,13 +330,19 @@ class BaseStore(ABC):
         """Another view of the same backend, confined to `namespace`."""
 
 
+def check_name(value: str, pattern: re.Pattern[str], rule: str) -> str:
+    """``value`` if it is a string that ``pattern`` matches, else ValueError("<rule>; got ...")."""
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"{rule}; got {value!r}")
+    return value
+
+
 def check_namespace(namespace: str) -> str:
-    if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
-        raise ValueError(
-            "namespace must be 1-64 characters of letters, digits, '_', '.', '-'; "
-            f"got {namespace!r}"
-        )
-    return namespace
+    return check_name(
+        namespace,
+        _NAMESPACE_RE,
+        "namespace must be 1-64 characters of letters, digits, '_', '.', '-'",
+    )
 
 
 def check_key(key: str, what: str = "key") -> str:

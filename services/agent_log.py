@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kv_store.base import Store
+from kv_store.base import Store, check_name
 from memory.clock import Clock, SystemClock, parse_timestamp
 from memory.temporal.coverage import COMMON_WORDS
 from memory.temporal.horizons import Embedder, words
@@ -61,12 +61,12 @@ _AUTO_LOCK = threading.Lock()
 
 def check_session_id(session_id: str) -> str:
     """1-128 characters of letters, digits, '_', '.', '-', starting with a letter or digit."""
-    if not isinstance(session_id, str) or not _SESSION_RE.match(session_id):
-        raise ValueError(
-            "session_id must be 1-128 characters of letters, digits, '_', '.', '-' starting "
-            f"with a letter or digit; got {session_id!r}"
-        )
-    return session_id
+    return check_name(
+        session_id,
+        _SESSION_RE,
+        "session_id must be 1-128 characters of letters, digits, '_', '.', '-' starting with a "
+        "letter or digit",
+    )
 
 
 def iso(t: float) -> str:

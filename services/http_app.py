@@ -227,30 +227,66 @@ def create_app(
         payload = (body or ResetRequest()).model_dump(mode="json")
         return await call(robot(namespace, session_id), "reset", payload)
 
-    @app.get("/v1/sessions/{session_id}/elapsed", response_model=ElapsedResponse, tags=["robot"])
-    async def elapsed(session_id: SessionPath, namespace: Namespace) -> Any:
-        """Seconds since the session's last step and since its episode began."""
-        return await call(robot(namespace, session_id), "elapsed", None)
+    def session_route(method: str) -> Callable[[str, str], Awaitable[Any]]:
+        async def route(session_id: SessionPath, namespace: Namespace) -> Any:
+            return await call(robot(namespace, session_id), method, None)
 
-    @app.get("/v1/sessions/{session_id}/summary", response_model=SessionSummary, tags=["robot"])
-    async def summary(session_id: SessionPath, namespace: Namespace) -> Any:
-        """What the session actor holds now (episode, step ids, frames, degraded...)."""
-        return await call(robot(namespace, session_id), "summary", None)
+        return route
 
-    @app.get("/v1/sessions/{session_id}/metrics", response_model=dict[str, int], tags=["robot"])
-    async def session_metrics(session_id: SessionPath, namespace: Namespace) -> Any:
-        """The session actor's counters (steps, degraded_steps, writes...)."""
-        return await call(robot(namespace, session_id), "metrics", None)
-
-    @app.delete("/v1/sessions/{session_id}", response_model=bool, tags=["robot"])
-    async def delete(session_id: SessionPath, namespace: Namespace) -> Any:
-        """End a session: its memory, store record and actor (404 if it does not exist)."""
-        return await call(robot(namespace, session_id), "delete", None)
-
-    @app.post("/v1/sessions/{session_id}/flush", response_model=bool, tags=["robot"])
-    async def flush(session_id: SessionPath, namespace: Namespace) -> Any:
-        """Wait until every answered step is committed to the store."""
-        return await call(robot(namespace, session_id), "flush", None)
+    # The robot-session routes without a body, each one method of the session:
+    # (HTTP verb, path under /v1/sessions/{session_id}, session method, response model,
+    # route name (its OpenAPI summary and operation id), description).
+    for verb, suffix, method, response_model, name, description in (
+        (
+            "GET",
+            "/elapsed",
+            "elapsed",
+            ElapsedResponse,
+            "elapsed",
+            "Seconds since the session's last step and since its episode began.",
+        ),
+        (
+            "GET",
+            "/summary",
+            "summary",
+            SessionSummary,
+            "summary",
+            "What the session actor holds now (episode, step ids, frames, degraded...).",
+        ),
+        (
+            "GET",
+            "/metrics",
+            "metrics",
+            dict[str, int],
+            "session_metrics",
+            "The session actor's counters (steps, degraded_steps, writes...).",
+        ),
+        (
+            "DELETE",
+            "",
+            "delete",
+            bool,
+            "delete",
+            "End a session: its memory, store record and actor (404 if it does not exist).",
+        ),
+        (
+            "POST",
+            "/flush",
+            "flush",
+            bool,
+            "flush",
+            "Wait until every answered step is committed to the store.",
+        ),
+    ):
+        app.add_api_route(
+            "/v1/sessions/{session_id}" + suffix,
+            session_route(method),
+            methods=[verb],
+            response_model=response_model,
+            tags=["robot"],
+            name=name,
+            description=description,
+        )
 
     async def agent_call(fn: Callable[[], Awaitable[Any]]) -> Any:
         from kv_store import StoreUnavailable

@@ -8,10 +8,9 @@ JSON that is not a JSON-RPC message. `serve_stdio` runs a lowlevel server that w
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
-import anyio
+from anyio.abc import ObjectReceiveStream
 from mcp.server.lowlevel.server import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.message import SessionMessage
@@ -33,9 +32,10 @@ def error_for(problem: Exception) -> JSONRPCError:
     return JSONRPCError(jsonrpc="2.0", id=None, error=error)
 
 
-class AnsweringReadStream:
+class AnsweringReadStream(ObjectReceiveStream[SessionMessage]):
     """The read side of a stdio transport that answers unreadable lines (see above) and hands
-    every message on unchanged."""
+    every message on unchanged. Iteration and ``async with`` come from anyio's
+    ``ObjectReceiveStream`` (the end of the stream ends the iteration; leaving closes it)."""
 
     def __init__(self, inner: Any, write: Any) -> None:
         self._inner = inner
@@ -55,26 +55,6 @@ class AnsweringReadStream:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    def __aiter__(self) -> AnsweringReadStream:
-        return self
-
-    async def __anext__(self) -> SessionMessage:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def __aenter__(self) -> AnsweringReadStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 async def serve_stdio(server: Server[Any]) -> None:

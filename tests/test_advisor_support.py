@@ -10,6 +10,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from memory.temporal import Decision, ToolCallAdvisor
+
 T0 = datetime(2025, 6, 3, 9, 0, tzinfo=UTC)
 
 
@@ -86,3 +88,17 @@ def conversation(
         messages[-1]["content"] = f"{answer} {proposal}"
     messages.append({"role": "user", "content": follow_up, "time": at(2 + gap_s)})
     return messages
+
+
+#: What `ask_again` takes: a tool spec, the call's arguments, its result, the follow-up request
+#: and its gap in seconds after the result.
+Ask = tuple[dict[str, Any], dict[str, Any], Any, str, float]
+
+
+def ask_again(
+    spec: dict[str, Any], arguments: dict[str, Any], result: Any, follow_up: str, gap_s: float
+) -> Decision:
+    """The advisor's decision on `follow_up`, `gap_s` seconds after one call of `spec`."""
+    name = spec["function"]["name"]
+    messages = conversation("First ask.", name, arguments, result, "Here it is.", follow_up, gap_s)
+    return ToolCallAdvisor().decide(messages, [spec])

@@ -77,7 +77,12 @@ def test_make_demo_runs_end_to_end_with_few_episodes(tmp_path: Path) -> None:
     """The README's main job, with 2 episodes per configuration (CI runs this)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        ["make", "--no-print-directory", "demo", f"DEMO_ARGS=--episodes 2 --text-episodes 2 --out {tmp_path}"],
+        [
+            "make",
+            "--no-print-directory",
+            "demo",
+            f"DEMO_ARGS=--episodes 2 --text-episodes 2 --out {tmp_path}",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from model_checks import text_recall_frames
 
 from envs.frozen_policy import Frame, FrozenPolicy
 from envs.tasks.text_recall import TextRecallEnv
@@ -202,12 +203,7 @@ def text_policy() -> Any:
 @pytest.mark.slow
 def test_text_frames_keep_one_template_and_score_the_option_words(text_policy: Any) -> None:
     tokenizer = text_policy.tokenizer
-    env = TextRecallEnv(delay=2, category="mixed")
-    obs, info = env.reset(seed=3)
-    frames = [text_policy.frame(obs, info)]
-    while info["phase"] != "query":
-        obs, _, _, _, info = env.step(0)
-        frames.append(text_policy.frame(obs, info))
+    frames, info = text_recall_frames(text_policy, delay=2)
     head = tokenizer.encode("<|im_start|>user\n", add_special_tokens=False)
     tail = tokenizer.encode("<|im_end|>\n", add_special_tokens=False)
     suffix = tokenizer.encode("<|im_start|>assistant\nAnswer:", add_special_tokens=False)

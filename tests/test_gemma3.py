@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+from model_checks import (
+    Model,
+    hook_count,
+    logits_of,
+    robot_frames,
+    text_recall_frames,
+    two_steps_exact_when_empty_and_reversible,
+)
 
 from envs.memory_runners import make_runner
 from envs.tasks.passkey import passkey_found, passkey_prompt
@@ -19,24 +26,10 @@ from memory import EpisodicConfig, TempoFitConfig
 from policies import EpisodicLM, TempoFit, default_layers
 from policies.models import tiny_random_model
 
-Model = Any  # a transformers causal LM (typed loosely: its attributes are dynamic)
 # The 270M model's pattern (five sliding-window layers, then one full-attention layer), cut short.
 LAYER_TYPES = ["sliding_attention"] * 2 + ["full_attention"] + ["sliding_attention"] * 2
 LAYER_TYPES += ["full_attention"]
 PREFIX = 10
-
-
-def logits_of(model: Model, input_ids: Tensor) -> Tensor:
-    with torch.no_grad():
-        return model(input_ids=input_ids).logits
-
-
-def wrapped(model: Model) -> int:
-    """Hooks and instance-attribute forwards left on ``model``'s modules."""
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + ("forward" in m.__dict__)
-        for m in model.modules()
-    )
 
 
 @pytest.fixture(scope="module")
@@ -70,26 +63,11 @@ def test_tempofit_on_a_multi_query_gemma3_is_exact_when_empty_and_reversible(
         assert (last - reference[2]).abs().max() > 1e-4, "memory changes the output"
     finally:
         tempofit.remove()
-    assert wrapped(tiny) == 0
+    assert hook_count(tiny) == 0
     assert torch.equal(logits_of(tiny, frames[2]), reference[2])
 
 
 # ------------------------------------------------------------------------ Gemma 3 270M (slow)
-
-
-def robot_frames(tokenizer: Any) -> list[tuple[Tensor, int]]:
-    """(input_ids (1, T), prefix_len) per frame: an observation prefix and an action suffix."""
-    observations = [
-        "Robot camera: red block left of the blue bowl. Task: put the red block in the bowl.",
-        "Robot camera: gripper above the red block, bowl to the right. Task: put the red block "
-        "in the bowl.",
-    ]
-    frames = []
-    for text in observations:
-        prefix = tokenizer(text, return_tensors="pt").input_ids
-        suffix = tokenizer(" Action: move", return_tensors="pt", add_special_tokens=False)
-        frames.append((torch.cat([prefix, suffix.input_ids], dim=1), prefix.shape[1]))
-    return frames
 
 
 @pytest.mark.slow
@@ -97,23 +75,14 @@ def test_gemma3_tempofit_is_exact_when_empty_changes_logits_and_is_reversible(
     gemma3: tuple[Model, Any],
 ) -> None:
     model, tokenizer = gemma3
-    (first, first_prefix), (second, second_prefix) = robot_frames(tokenizer)
-    first_reference, reference = logits_of(model, first), logits_of(model, second)
     layers = default_layers(model.config.num_hidden_layers)
-    tempofit = TempoFit(model, TempoFitConfig(layers=layers))
-    try:
-        with tempofit.step(prefix_len=first_prefix):
-            assert torch.equal(logits_of(model, first), first_reference)
-        with tempofit.step(prefix_len=second_prefix):
-            with_memory = logits_of(model, second)
-        assert tempofit.memory.num_frames(layers[0]) == 2
-        assert tempofit.memory.num_kv_heads == 1 and tempofit.memory.head_dim == 256
-        assert (with_memory - reference).abs().max() > 1e-3
-        assert torch.isfinite(with_memory).all()
-    finally:
-        tempofit.remove()
-    assert wrapped(model) == 0
-    assert torch.equal(logits_of(model, second), reference)
+    tempofit, with_memory, reference = two_steps_exact_when_empty_and_reversible(
+        model, TempoFitConfig(layers=layers), robot_frames(tokenizer)
+    )
+    assert tempofit.memory.num_frames(layers[0]) == 2
+    assert tempofit.memory.num_kv_heads == 1 and tempofit.memory.head_dim == 256
+    assert (with_memory - reference).abs().max() > 1e-3
+    assert torch.isfinite(with_memory).all()
 
 
 @pytest.mark.slow
@@ -172,12 +141,7 @@ def test_gemma3_text_policy_frames_and_a_cue_in_the_same_observation(
 ) -> None:
     model, tokenizer = gemma3
     policy = TextChoicePolicy(model, tokenizer, turns=GEMMA, name="gemma3")
-    env = TextRecallEnv(delay=1, category="mixed")
-    obs, info = env.reset(seed=3)
-    frames = [policy.frame(obs, info)]
-    while info["phase"] != "query":
-        obs, _, _, _, info = env.step(0)
-        frames.append(policy.frame(obs, info))
+    frames, info = text_recall_frames(policy, delay=1)
     head = [
         tokenizer.bos_token_id,
         *tokenizer.encode("<start_of_turn>user\n", add_special_tokens=False),

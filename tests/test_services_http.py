@@ -25,6 +25,7 @@ import ray
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
+from test_advisor_support import tool
 from websockets.exceptions import ConnectionClosed
 
 from kv_store import RedisStore
@@ -259,16 +260,7 @@ def test_agent_events_and_advise(service: Service) -> None:
         response = httpx.post(base + "/events", json=event, headers=_auth())
         assert response.status_code == 200, response.text
         assert response.json()["session_id"].startswith("agent/tenant-a/")
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "get_weather",
-                "description": "Current weather for a city.",
-                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-            },
-        }
-    ]
+    tools = [tool("get_weather", "Current weather for a city.", "city")]
     stale = httpx.post(
         base + "/advise", json={"tools": tools, "now": t0 + 3 * 86400 + 5}, headers=_auth()
     )

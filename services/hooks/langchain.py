@@ -199,6 +199,7 @@ class TempoMiddleware(_core.HookCore, AgentMiddleware):
                 )
 
     def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Record the state's new messages; the state itself is left as it is."""
         _core.safe("state sync", self._record_state, state["messages"])
         return None
 
@@ -207,14 +208,9 @@ class TempoMiddleware(_core.HookCore, AgentMiddleware):
     ) -> dict[str, Any] | None:
         return self.before_model(state, runtime)
 
-    def after_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        _core.safe("state sync", self._record_state, state["messages"])
-        return None
-
-    async def aafter_model(
-        self, state: AgentState[Any], runtime: Runtime[Any]
-    ) -> dict[str, Any] | None:
-        return self.after_model(state, runtime)
+    # After the model call the same sync records the AI message it added.
+    after_model = before_model
+    aafter_model = abefore_model
 
     # -- injection -----------------------------------------------------------------------------
     def time_line(self, tools: Sequence[Any] | None = None) -> str | None:
