@@ -64,7 +64,7 @@ from envs.tasks.object_permanence import (
     ObjectPermanenceEnv,
     expert_action_probs,
 )
-from envs.training_cli import run_training_cli, write_shipped_policy
+from envs.training_cli import TrainingRun, run_training_cli, write_shipped_policy
 
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 800
@@ -80,17 +80,20 @@ READOUT: list[int] = list(range(1 + CELLS + _WORDS.index("{colour}"), 1 + CELLS 
 
 
 @dataclass(frozen=True)
-class TrainReport:
+class TrainReport(TrainingRun):
     """What one training run did, and the sha256 of the weights it produced."""
 
-    seed: int
-    steps: int
-    lr: float
-    frames: int
-    final_loss: float
-    train_seconds: float  # wall clock (the machine may be shared)
     train_cpu_seconds: float  # CPU time of this process while training
     weights_sha256: str
+
+    def describe(self, out: Path) -> str:
+        """One line for the console after training into ``out``."""
+        return (
+            f"trained in {self.train_seconds:.1f} s wall, {self.train_cpu_seconds:.1f} s CPU "
+            f"({self.steps} steps of {BATCH}, "
+            f"{self.frames} frames, loss {self.final_loss:.4f}); "
+            f"sha256 {self.weights_sha256[:16]}...; wrote {out / WEIGHTS_FILE}"
+        )
 
 
 def training_batch(seed: int = DEFAULT_SEED) -> tuple[Tensor, Tensor]:
@@ -230,18 +233,9 @@ def save(policy: PermanenceVLA, report: TrainReport, directory: Path = WEIGHTS_D
     write_shipped_policy(directory, (WEIGHTS_FILE, META_FILE), weights_bytes(policy.model), meta)
 
 
-def _describe(report: TrainReport, out: Path) -> str:
-    return (
-        f"trained in {report.train_seconds:.1f} s wall, {report.train_cpu_seconds:.1f} s CPU "
-        f"({report.steps} steps of {BATCH}, "
-        f"{report.frames} frames, loss {report.final_loss:.4f}); "
-        f"sha256 {report.weights_sha256[:16]}...; wrote {out / WEIGHTS_FILE}"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     defaults = (DEFAULT_SEED, DEFAULT_STEPS, DEFAULT_LR, WEIGHTS_DIR)
-    run_training_cli(__doc__.splitlines()[0], defaults, train, save, _describe, argv)
+    run_training_cli(__doc__.splitlines()[0], defaults, train, save, TrainReport.describe, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from envs.tasks.tmaze import TMazeEnv
-from envs.training_cli import run_training_cli, write_shipped_policy
+from envs.training_cli import TrainingRun, run_training_cli, write_shipped_policy
 from envs.vector_policy import (
     ACT,
     ACTION_TOKENS,
@@ -54,18 +54,22 @@ MAX_TRAIN_CORRIDOR = 16
 
 
 @dataclass(frozen=True)
-class TrainReport:
+class TrainReport(TrainingRun):
     """What one training run did and how well the result plays (memoryless)."""
 
-    seed: int
-    steps: int
-    lr: float
-    frames: int
     distinct_frames: int
-    final_loss: float
-    train_seconds: float
     accuracy_always: float
     accuracy_start: float
+
+    def describe(self, out: Path) -> str:
+        """One line for the console after training into ``out``."""
+        return (
+            f"trained in {self.train_seconds:.1f} s ({self.steps} steps, {self.frames} "
+            f"frames, {self.distinct_frames} distinct, loss {self.final_loss:.4f}); "
+            "memoryless success: "
+            f"cue_visible='always' {self.accuracy_always:.3f}, "
+            f"'start' {self.accuracy_start:.3f}; wrote {out / WEIGHTS_FILE}"
+        )
 
 
 def training_batch(seed: int = DEFAULT_SEED) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -187,19 +191,9 @@ def save(policy: VectorTokenPolicy, report: TrainReport, directory: Path = WEIGH
     write_shipped_policy(directory, (WEIGHTS_FILE, META_FILE), weights, meta)
 
 
-def _describe(report: TrainReport, out: Path) -> str:
-    return (
-        f"trained in {report.train_seconds:.1f} s ({report.steps} steps, {report.frames} "
-        f"frames, {report.distinct_frames} distinct, loss {report.final_loss:.4f}); "
-        "memoryless success: "
-        f"cue_visible='always' {report.accuracy_always:.3f}, "
-        f"'start' {report.accuracy_start:.3f}; wrote {out / WEIGHTS_FILE}"
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     defaults = (DEFAULT_SEED, DEFAULT_STEPS, DEFAULT_LR, WEIGHTS_DIR)
-    run_training_cli(__doc__.splitlines()[0], defaults, train, save, _describe, argv)
+    run_training_cli(__doc__.splitlines()[0], defaults, train, save, TrainReport.describe, argv)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What every training run of a shipped policy reports; each trainer's ``TrainReport``
+    adds its own measurements."""
+
+    seed: int
+    steps: int
+    lr: float
+    frames: int
+    final_loss: float
+    train_seconds: float  # wall clock (the machine may be shared)
 
 
 def run_training_cli(
