@@ -7,6 +7,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs
@@ -149,7 +150,26 @@ def test_renders_and_rejects_bad_input() -> None:
         ObjectPermanenceEnv(render_mode="human")
     with pytest.raises(RuntimeError, match="reset"):
         ObjectPermanenceEnv().step(0)
+    for image in (np.zeros((8, 8, 3)), np.full((16, 16, 3), np.nan), "pixels", [[1, 2]]):
+        with pytest.raises(ValueError, match="image"):
+            op.decode_cells(image)
     with pytest.raises(ValueError, match="image"):
-        op.decode_cells(np.zeros((8, 8, 3)))
+        op.decode_cells(np.full((16, 16, 3), 256.0))
+
+
+def test_decodes_every_common_image_format_alike() -> None:
+    env = ObjectPermanenceEnv(delay=1, distractors=5)
+    obs, _ = env.reset(seed=3)
+    image = obs["image"]
+    expected = op.decode_cells(image)
+    assert (expected == env.cells).all()  # visible: the scene itself
+    for same in (
+        image.astype(np.float32),  # floats in [0, 255]
+        image.astype(np.float64) / 255.0,  # floats in [0, 1]
+        image.transpose(2, 0, 1),  # channels first
+        torch.from_numpy(image.transpose(2, 0, 1).copy()).float() / 255.0,  # a torch image
+        image.tolist(),  # nested lists
+    ):
+        assert (op.decode_cells(same) == expected).all()
     with pytest.raises(ValueError, match="colour"):
         op.instruction_colour("pick up the block")

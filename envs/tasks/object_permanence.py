@@ -94,19 +94,33 @@ def decode_cells(image: Any) -> np.ndarray:
     """The ``CELLS`` content codes an image shows (row-major): each patch is matched to the
     nearest of the rendered patch templates (a fixed codebook, squared pixel distance).
 
-    Raises ``ValueError`` for anything but a ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` array of values
-    in [0, 255].
+    Takes the common image layouts: ``(H, W, 3)`` or channels-first ``(3, H, W)`` (a torch
+    image), as a numpy array, a CPU tensor or nested lists; integers in [0, 255], or floats in
+    [0, 1] (scaled by 255) or [0, 255]. Raises ``ValueError`` for any other shape, a
+    non-numeric dtype, NaN or infinity, or values outside those ranges.
     """
-    pixels = np.asarray(image)
-    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or not np.issubdtype(pixels.dtype, np.number):
+    try:
+        pixels = np.asarray(image)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"image must be an array-like RGB image: {err}") from None
+    if pixels.shape == (3, IMAGE_SIZE, IMAGE_SIZE):
+        pixels = pixels.transpose(1, 2, 0)
+    if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3) or not (
+        np.issubdtype(pixels.dtype, np.number)
+        and not np.issubdtype(pixels.dtype, np.complexfloating)
+    ):
         raise ValueError(
-            f"image must be a ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) RGB array, got shape "
-            f"{getattr(pixels, 'shape', None)} dtype {getattr(pixels, 'dtype', None)}"
+            f"image must be a ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) or (3, {IMAGE_SIZE}, {IMAGE_SIZE}) "
+            f"RGB array, got shape {getattr(pixels, 'shape', None)} dtype "
+            f"{getattr(pixels, 'dtype', None)}"
         )
     if not np.all(np.isfinite(pixels)) or pixels.min() < 0 or pixels.max() > 255:
-        raise ValueError("image values must be finite and in [0, 255]")
+        raise ValueError("image values must be finite and in [0, 255] (or [0, 1] as floats)")
+    if np.issubdtype(pixels.dtype, np.floating) and pixels.max() <= 1.0:
+        pixels = pixels * 255.0
     patches = (
-        pixels.astype(np.int32)
+        np.rint(pixels)
+        .astype(np.int32)
         .reshape(GRID, PATCH, GRID, PATCH, 3)
         .transpose(0, 2, 1, 3, 4)
         .reshape(CELLS, 1, PATCH, PATCH, 3)
