@@ -26,7 +26,6 @@ from envs.eval_plots import plot_success_by
 from envs.evaluation import EvalReport, MemorySummary, evaluate
 from envs.permanence_policy import calibration_frames
 from envs.policy_zoo import POLICIES, load_policy, runner_options
-from memory import TempoFitConfig
 
 POLICY = "permanence-vla"
 ENV_ID = "tempomem/ObjectPermanence-v0"
@@ -40,10 +39,7 @@ CAPACITIES = (2, 4, 8, 16)
 
 
 def _tempofit(layers: list[int], capacity: int = CAPACITY, beta: float | None = None) -> Any:
-    fields: dict[str, Any] = {"layers": layers, "capacity": capacity, "max_prefix_len": 4096}
-    if beta is not None:
-        fields["beta"] = beta
-    return {"tempofit": {"config": TempoFitConfig.model_validate(fields)}}
+    return runner_options(POLICY, capacity=capacity, beta=beta, layers=layers)
 
 
 def _one(policy: Any, memory: str, episodes: int, options: Any, **env: Any) -> MemorySummary:

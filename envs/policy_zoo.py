@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,18 +63,22 @@ def load_policy(name: str) -> FrozenPolicy:
 
 
 def runner_options(
-    name: str, capacity: int = 8, stack: int = 4, beta: float | None = None
+    name: str,
+    capacity: int = 8,
+    stack: int = 4,
+    beta: float | None = None,
+    layers: Sequence[int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Memory-runner options for policy ``name``: its TempoFit layers, ``capacity`` frames and
-    FGTB strength ``beta`` (None: ``TempoFitConfig``'s default; only for a policy whose layers
-    the zoo names), ``stack`` frames for stacking."""
+    """Memory-runner options for policy ``name``: TempoFit at ``layers`` (None: the layers the
+    zoo names for it), ``capacity`` frames and FGTB strength ``beta`` (None: ``TempoFitConfig``'s
+    default; only with layers), ``stack`` frames for stacking."""
     from memory import TempoFitConfig
 
     if name not in POLICIES:
         raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 256:
         raise ValueError(f"capacity must be an int in [1, 256], got {capacity!r}")
-    layers = POLICIES[name].tempofit_layers
+    layers = POLICIES[name].tempofit_layers if layers is None else layers
     tempofit: dict[str, Any] = {"capacity": capacity}
     if beta is not None and layers is None:
         raise ValueError(f"beta needs TempoFit layers named in the zoo; {name} has none")
