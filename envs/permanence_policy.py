@@ -33,6 +33,7 @@ import torch
 
 from envs.frozen_policy import Frame, frozen_model
 from envs.tasks.object_permanence import CELLS, COLOURS, CONTENTS, decode_cells
+from policies.models import TINY_ARCHITECTURE
 
 INSTRUCTION_WORDS: tuple[str, ...] = ("pick", "up", "the", "block", *COLOURS)
 MAX_INSTRUCTION_WORDS = 16
@@ -50,17 +51,11 @@ ACT = TOKEN_IDS["<act>"]
 FIRST_PATCH = TOKEN_IDS[f"<p0:{CONTENTS[0]}>"]
 CELL_TOKENS: tuple[int, ...] = tuple(TOKEN_IDS[f"<cell:{cell}>"] for cell in range(CELLS))
 
-#: The architecture of the shipped model (a ``transformers.LlamaConfig``'s arguments).
+#: The architecture of the shipped model (a ``transformers.LlamaConfig``'s arguments): the
+#: tiny test models' shape with this vocabulary.
 MODEL_CONFIG: dict[str, Any] = {
+    **TINY_ARCHITECTURE,
     "vocab_size": len(TOKENS),
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
     "bos_token_id": BOS,
     "pad_token_id": TOKEN_IDS["<pad>"],
     "eos_token_id": None,

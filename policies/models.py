@@ -135,19 +135,24 @@ def load_gemma3(
 # --------------------------------------------------------------------------- tiny models
 
 
+#: The tiny models' shape (a transformers config's arguments): 4 layers, hidden 64, 4 heads,
+#: 2 KV heads of dimension 16, vocab 128.
+TINY_ARCHITECTURE: dict[str, Any] = {
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+}
+
+
 def _tiny_config(family: str, overrides: dict[str, Any]) -> Any:
     transformers = require_transformers()
-    common: dict[str, Any] = {
-        "vocab_size": 128,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "max_position_embeddings": 256,
-        "tie_word_embeddings": False,
-    }
+    common = dict(TINY_ARCHITECTURE)
     config_classes = {
         "llama": "LlamaConfig",
         "qwen2": "Qwen2Config",

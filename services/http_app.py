@@ -64,15 +64,13 @@ from services.http_stream import add_stream_route
 from services.json_safe import json_safe
 from services.schemas import (
     AGENT_ID_PATTERN,
+    ERROR_STATUS,
     NAME_PATTERN,
     ElapsedResponse,
     ResetRequest,
     ResetResponse,
     SessionId,
-    SessionLimitReached,
-    SessionNotFound,
     SessionSummary,
-    StepConflict,
     StepRequest,
     StepResponse,
 )
@@ -186,14 +184,11 @@ def create_app(
             return await backend().call(session, method, payload)
         except (TimeoutError, ConnectionError, ServiceUnavailable) as err:
             raise HTTPException(503, f"session {session} unavailable: {_error_text(err)}") from err
-        except StepConflict as err:
-            raise HTTPException(409, _error_text(err)) from err
-        except SessionNotFound as err:
-            raise HTTPException(404, _error_text(err)) from err
-        except SessionLimitReached as err:
-            raise HTTPException(429, _error_text(err)) from err
-        except ValueError as err:
-            raise HTTPException(422, _error_text(err)) from err
+        except Exception as err:
+            status = next((code for kind, code in ERROR_STATUS if isinstance(err, kind)), None)
+            if status is None:
+                raise
+            raise HTTPException(status, _error_text(err)) from err
 
     def robot(namespace: str, session_id: str) -> SessionId:
         return SessionId(kind="robot", namespace=namespace, id=session_id)

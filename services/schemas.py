@@ -64,6 +64,17 @@ class StepConflict(ValueError):
     with a different body, or an id that is not above the last one and cannot be replayed."""
 
 
+#: The service's own errors and their HTTP statuses, most specific first (``StepConflict`` is
+#: a ``ValueError``, which answers 422): the server maps an error to its status with it and
+#: the client maps a status back to the error.
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (StepConflict, 409),
+    (SessionNotFound, 404),
+    (SessionLimitReached, 429),
+    (ValueError, 422),
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

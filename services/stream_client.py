@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Unpack
 
+from services.async_twin import async_twin_of
 from services.client import StepOptions, http_result, step_payload
 from services.schemas import NAMESPACE_HEADER, SessionId, StepResponse
 
@@ -165,14 +166,9 @@ class AsyncStepStream:
             raise
         return cls(core, ws)
 
-    async def step(
-        self,
-        step_id: int,
-        input_ids: Sequence[int],
-        prefix_len: int,
-        **options: Unpack[StepOptions],
-    ) -> StepResponse:
-        payload = step_payload(step_id, input_ids, prefix_len, **options)
+    @async_twin_of(StepStream.step)
+    async def step(self, step_id: int, *args: Any, **options: Any) -> StepResponse:
+        payload = step_payload(step_id, *args, **options)
         await self._ws.send(self.core.message(payload))
         try:
             text = await asyncio.wait_for(self._ws.recv(), self.core.timeout_s)

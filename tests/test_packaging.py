@@ -114,3 +114,34 @@ def test_the_lock_satisfies_every_requirement_of_pyproject() -> None:
 
 def test_the_lock_never_carries_torch() -> None:
     assert "torch" not in _lock()  # a torch pin here could pull a CUDA build
+
+
+def test_the_wheel_carries_the_data_files(tmp_path: Path) -> None:
+    """The lexicons and the shipped policies' weights are package data: a wheel install (not
+    only this editable checkout) must find them."""
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("tempomem-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = {
+        path.relative_to(ROOT).as_posix()
+        for pattern in ("memory/temporal/lexicons/*.toml", "envs/weights/*")
+        for path in ROOT.glob(pattern)
+    }
+    assert data and data <= names, sorted(data - names)

@@ -43,94 +43,19 @@ import numpy as np
 
 from memory.temporal.cues import INTERJECTIONS, QUESTION_STARTS, read_request
 from memory.temporal.horizons import Embedder, ToolSpec, singular, spec_text_fields, words, wordset
+from memory.temporal.lexicons import load_lexicon
 from memory.temporal.memo import IdentityMemo
 from memory.temporal.results import parse_json
 from memory.temporal.tool_kinds import ACTION_VERBS, READ_VERBS
 
-# attribute -> (words in a request that ask for it, extra evidence words in a result)
+# attribute -> (words in a request that ask for it, those and the extra evidence words that
+# show it in a result), from lexicons/result_fields.toml.
 FIELD_GROUPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    name: (frozenset(asks.split()), frozenset(asks.split()) | frozenset(evidence.split()))
-    for name, asks, evidence in (
-        # weather
-        ("humidity", "humidity humid", ""),
-        ("temperature", "temperature temp degree hot cold warm celsius fahrenheit jacket coat", ""),
-        ("wind", "wind windy gust", ""),
-        (
-            "precipitation",
-            "rain raining rainy precipitation snow snowing umbrella storm",
-            "condition",
-        ),
-        ("sky", "sunny sunglasses cloudy cloud overcast sky", "condition sun clear"),
-        ("uv", "uv sunscreen", ""),
-        ("air quality", "aqi pollution pollen smog", ""),
-        ("forecast", "forecast tomorrow tonight weekend", "hourly daily"),
-        ("sunrise", "sunrise sunset", ""),
-        # health
-        ("heart rate", "heart pulse bpm", ""),
-        ("oxygen", "spo2 oxygen saturation", ""),
-        ("blood pressure", "pressure systolic diastolic", "bp"),
-        ("respiration", "respiratory respiration breathing", ""),
-        ("glucose", "glucose sugar", ""),
-        # markets and money
-        ("price", "price cost worth rate fare fee", "quote last amount eur usd gbp total"),
-        ("volume", "volume traded turnover", ""),
-        ("market cap", "cap capitalization capitalisation", ""),
-        ("change", "change changed up down gain loss moved performance", "pct percent delta"),
-        ("bid", "bid", "buy"),
-        ("ask", "ask offer", "sell"),
-        ("spread", "spread", ""),
-        ("dividend", "dividend yield", ""),
-        ("earnings", "earnings eps pe", ""),
-        # travel and transport
-        ("gate", "gate", ""),
-        ("terminal", "terminal", ""),
-        ("platform", "platform track", ""),
-        ("seat", "seat seating", ""),
-        ("baggage", "baggage luggage carousel", ""),
-        ("delay", "delay delayed late", "status"),
-        ("departure", "depart departs departure leave leaves takeoff", "first last dep etd std"),
-        ("arrival", "arrive arrives arrival land landing", "arr eta sta expected estimated due"),
-        ("delivery", "deliver delivered delivery", "eta estimated expected due arrival shipped"),
-        ("completion", "done finish finished completed ready", "eta estimated progress"),
-        ("hours", "open opening close closing", "hour opens closes time"),
-        ("toll", "toll", ""),
-        ("incident", "incident accident closure roadwork construction", ""),
-        ("fuel", "fuel petrol diesel gas tank", ""),
-        ("battery", "battery charge", "mah"),
-        ("heading", "heading direction bearing", ""),
-        ("speed", "speed fast kmh mph", ""),
-        (
-            "position",
-            "where location position",
-            "lat lon latitude longitude address status stage state hub",
-        ),
-        # hospitality
-        ("breakfast", "breakfast meal", ""),
-        ("parking", "parking", ""),
-        ("wifi", "wifi internet", ""),
-        ("pool", "pool gym spa", ""),
-        ("cancellation", "cancellation cancel refundable refund", ""),
-        ("rooms", "room vacancy", "available availability"),
-        ("rating", "rating star", "review"),
-        # news, sport
-        ("author", "author wrote writer journalist byline", ""),
-        ("source", "source publisher outlet", ""),
-        ("scorer", "scorer scored", "goal"),
-        ("minute", "minute half", "min"),
-        ("cards", "card yellow red", ""),
-        ("lineup", "lineup squad", ""),
-        # law, products, words
-        ("penalty", "fine penalty sanction", ""),
-        ("exemption", "exemption exception", ""),
-        ("warranty", "warranty guarantee", ""),
-        ("weight", "weight heavy weigh", "kg lb"),
-        ("dimensions", "dimension size height width", ""),
-        ("colour", "color colour", ""),
-        ("material", "material", ""),
-        ("etymology", "etymology origin", ""),
-        ("pronunciation", "pronounce pronunciation", ""),
-        ("synonym", "synonym antonym", ""),
+    name: (
+        frozenset(entry["asks"].split()),
+        frozenset(entry["asks"].split()) | frozenset(entry.get("evidence", "").split()),
     )
+    for name, entry in load_lexicon("result_fields").items()
 }
 _ASKED_BY_WORD: dict[str, tuple[str, ...]] = {}
 for _name, (_asks, _) in FIELD_GROUPS.items():

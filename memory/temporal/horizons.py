@@ -7,9 +7,10 @@ field in an OpenAI function spec), described (the description states an update c
     realtime 30 s · minutes 10 min · hours 6 h · days 3 d · static 1 year
 
 Inference reads the tool's name (weight 2), description and parameter names/descriptions
-(weight 1) against `LEXICON`: each keyword or two-word phrase votes for one or more classes with
-a weight (live feeds vote minutes, trackers of slow processes such as orders, shipments and
-applications vote hours, published reference data votes static). With an embedder, the cosine
+(weight 1) against `LEXICON` (`lexicons/horizon_votes.toml`): each keyword or two-word phrase
+votes for one or more classes with a weight (live feeds vote minutes, trackers of slow
+processes such as orders, shipments and applications vote hours, published reference data
+votes static). With an embedder, the cosine
 similarity of the spec to each class's prototype sentences is turned into a second vote
 (softmax, temperature `EMBED_TEMPERATURE`) and averaged with the lexicon's. The horizon is the
 vote-weighted geometric mean of the class horizons, so a "weather" tool (half minutes, half
@@ -37,6 +38,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from memory.temporal.lexicons import load_lexicon
 
 
 class Volatility(StrEnum):
@@ -70,178 +73,11 @@ HOURS = Volatility.HOURS
 DAYS = Volatility.DAYS
 STATIC = Volatility.STATIC
 
-# keyword (singular, lower case; two words for a phrase) -> {class: weight}. General knowledge
-# about how fast things change, not fitted to any labelled data.
+# keyword -> {class: weight}, from lexicons/horizon_votes.toml (general knowledge about how
+# fast things change, not fitted to any labelled data).
 LEXICON: dict[str, dict[Volatility, float]] = {
-    # realtime: markets, sensors, moving things, anything "live"
-    "price": {REALTIME: 1.0, MINUTES: 1.0, HOURS: 0.5},  # markets, fares, rooms: other words decide
-    "stock price": {REALTIME: 3.0},
-    "share price": {REALTIME: 3.0},
-    "crypto price": {REALTIME: 3.0},
-    "token price": {REALTIME: 3.0},
-    "quote": {REALTIME: 3.0},
-    "order book": {REALTIME: 4.0},
-    "orderbook": {REALTIME: 4.0},
-    "bid": {REALTIME: 2.0},
-    "trading": {REALTIME: 2.0},
-    "trade": {REALTIME: 1.5},
-    "ticker": {REALTIME: 2.0},
-    "stock": {REALTIME: 1.5, MINUTES: 0.5},
-    "crypto": {REALTIME: 2.0},
-    "market": {REALTIME: 1.0},
-    "position": {REALTIME: 2.0},
-    "gps": {REALTIME: 3.0},
-    "speed": {REALTIME: 2.0},
-    "telemetry": {REALTIME: 3.0},
-    "sensor": {REALTIME: 3.0},
-    "vital": {REALTIME: 4.0},
-    "heart rate": {REALTIME: 4.0},
-    "spo2": {REALTIME: 3.0},
-    "blood pressure": {REALTIME: 3.0},
-    "monitor": {REALTIME: 2.0},
-    "live": {REALTIME: 3.0},
-    "real time": {REALTIME: 3.0},
-    "realtime": {REALTIME: 3.0},
-    "score": {REALTIME: 1.5, MINUTES: 1.0},
-    "location": {REALTIME: 1.0, MINUTES: 1.0},
-    # minutes: traffic, queues, statuses, exchange rates, availability
-    "traffic": {MINUTES: 3.0},
-    "exchange rate": {MINUTES: 3.0},
-    "currency": {MINUTES: 2.0},
-    "fx": {MINUTES: 2.0},
-    "status": {MINUTES: 2.0},
-    "delay": {MINUTES: 2.0},
-    "gate": {MINUTES: 1.0},
-    "eta": {MINUTES: 2.0},
-    "queue": {MINUTES: 2.0},
-    "wait time": {MINUTES: 2.0},
-    "occupancy": {MINUTES: 2.0},
-    "parking": {MINUTES: 1.5},
-    "inventory": {MINUTES: 1.5, HOURS: 0.5},
-    "availability": {MINUTES: 2.0, HOURS: 1.0},
-    "available": {MINUTES: 1.0, HOURS: 1.0},
-    "inbox": {MINUTES: 2.0},
-    "balance": {MINUTES: 1.5},
-    "current": {MINUTES: 1.0},
-    "weather": {MINUTES: 1.5, HOURS: 1.5},
-    "temperature": {MINUTES: 0.5, HOURS: 0.5},
-    "condition": {MINUTES: 0.5, HOURS: 0.5},
-    # hours: news, calendars, forecasts, schedules of the day
-    "news": {HOURS: 3.0},
-    "headline": {HOURS: 3.0},
-    "latest": {MINUTES: 0.5, HOURS: 1.0},
-    "forecast": {HOURS: 2.0},
-    "schedule": {HOURS: 2.0},
-    "calendar": {HOURS: 2.0},
-    "agenda": {HOURS: 2.0},
-    "event": {HOURS: 1.0},
-    "booking": {HOURS: 1.0},
-    "reservation": {HOURS: 1.0},
-    "rate": {MINUTES: 0.5, HOURS: 0.5},
-    "trend": {HOURS: 1.0, DAYS: 1.0},
-    "ranking": {HOURS: 1.0, DAYS: 1.0},
-    # days: timetables, catalogues, contacts, menus, reports
-    "timetable": {DAYS: 3.0},
-    "scheduled": {HOURS: 1.0, DAYS: 1.0},
-    "menu": {DAYS: 2.0},
-    "opening hour": {DAYS: 2.0},
-    "contact": {DAYS: 2.0},
-    "address": {DAYS: 1.0, STATIC: 1.0},
-    "profile": {DAYS: 2.0},
-    "review": {DAYS: 1.5},
-    "rating": {DAYS: 1.0},
-    "hotel": {HOURS: 1.0, DAYS: 1.0},
-    "report": {DAYS: 1.0},
-    "statistic": {DAYS: 1.0},
-    "product": {DAYS: 1.0},
-    "catalog": {DAYS: 1.0, STATIC: 2.0},
-    "catalogue": {DAYS: 1.0, STATIC: 2.0},
-    "specification": {DAYS: 1.0, STATIC: 1.0},
-    "spec": {DAYS: 1.0, STATIC: 1.0},
-    "documentation": {DAYS: 1.0, STATIC: 2.0},
-    "faq": {DAYS: 1.0, STATIC: 1.0},
-    "guideline": {DAYS: 1.0, STATIC: 1.0},
-    "policy": {DAYS: 1.0, STATIC: 1.0},
-    # static: laws, definitions, reference knowledge
-    "regulation": {STATIC: 3.0},
-    "law": {STATIC: 3.0},
-    "statute": {STATIC: 3.0},
-    "legal": {STATIC: 1.0},
-    "definition": {STATIC: 3.0},
-    "define": {STATIC: 3.0},
-    "dictionary": {STATIC: 3.0},
-    "glossary": {STATIC: 3.0},
-    "encyclopedia": {STATIC: 3.0},
-    "etymology": {STATIC: 2.0},
-    "history": {STATIC: 2.0},
-    "historical": {STATIC: 2.0},
-    "constant": {STATIC: 3.0},
-    "formula": {STATIC: 3.0},
-    "unit conversion": {STATIC: 3.0},
-    "translate": {STATIC: 2.0},
-    "translation": {STATIC: 2.0},
-    "recipe": {STATIC: 2.0},
-    "biography": {STATIC: 2.0},
-    "manual": {STATIC: 2.0},
-    # live feeds that change by the minute
-    "feed": {REALTIME: 1.0, MINUTES: 1.0},
-    "stream": {REALTIME: 1.0, MINUTES: 1.0},
-    "arrival": {MINUTES: 2.0},
-    "next departure": {MINUTES: 3.0},
-    "departure board": {MINUTES: 3.0},
-    "dock": {MINUTES: 2.0},
-    "charger": {MINUTES: 2.0},
-    "crowd": {MINUTES: 2.0},
-    "wait": {MINUTES: 2.0},
-    "surge": {MINUTES: 2.0},
-    "leaderboard": {MINUTES: 2.0},
-    "odd": {REALTIME: 2.0, MINUTES: 1.0},
-    "auction": {REALTIME: 1.0, MINUTES: 1.0},
-    "server load": {REALTIME: 2.0},
-    "cpu": {REALTIME: 2.0},
-    "metric": {REALTIME: 1.0, MINUTES: 1.0},
-    "outage": {MINUTES: 2.0},
-    "incident": {MINUTES: 2.0},
-    "alert": {MINUTES: 2.0},
-    "seat": {MINUTES: 1.0},
-    # slow processes tracked over hours: orders, shipments, jobs, applications, tickets
-    "tracking": {HOURS: 3.0},
-    "track": {HOURS: 1.0},
-    "shipment": {HOURS: 3.0},
-    "shipping": {HOURS: 2.0},
-    "parcel": {HOURS: 3.0},
-    "package": {HOURS: 1.5},
-    "delivery": {MINUTES: 1.0, HOURS: 2.0},
-    "order": {HOURS: 1.0},
-    "order status": {HOURS: 2.0},
-    "job": {MINUTES: 0.5, HOURS: 1.5},
-    "application": {HOURS: 1.0, DAYS: 1.0},
-    "claim": {HOURS: 1.0, DAYS: 1.0},
-    "refund": {HOURS: 1.0, DAYS: 1.0},
-    "ticket": {HOURS: 2.0},
-    "progress": {HOURS: 1.0},
-    # published reference data that rarely changes
-    "reference data": {STATIC: 3.0},
-    "api reference": {STATIC: 3.0},
-    "reference manual": {STATIC: 3.0},
-    "published": {DAYS: 1.0, STATIC: 2.0},
-    "publication": {STATIC: 2.0},
-    "paper": {STATIC: 2.0},
-    "doi": {STATIC: 3.0},
-    "isbn": {STATIC: 3.0},
-    "patent": {STATIC: 2.0},
-    "wiki": {DAYS: 1.0, STATIC: 2.0},
-    "archive": {STATIC: 2.0},
-    "holiday": {STATIC: 2.0},
-    "postal code": {STATIC: 3.0},
-    "zip code": {STATIC: 3.0},
-    "nutrition": {STATIC: 2.0},
-    "ingredient": {STATIC: 1.0},
-    "drug label": {STATIC: 2.0},
-    "rarely change": {STATIC: 3.0},
-    "never change": {STATIC: 3.0},
-    "static": {STATIC: 2.0},
-    "immutable": {STATIC: 3.0},
+    word: {Volatility(name): float(weight) for name, weight in votes.items()}
+    for word, votes in load_lexicon("horizon_votes").items()
 }
 
 # Sentences describing each class, embedded once per embedder (when one is given).
