@@ -28,6 +28,7 @@ errors are the same.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import (
     TYPE_CHECKING,
@@ -42,20 +43,20 @@ from typing import (
     cast,
 )
 
+from services.async_twin import async_twin_of
 from services.schemas import (
+    ERROR_STATUS,
     NAMESPACE_HEADER,
     ElapsedResponse,
     ResetRequest,
     ResetResponse,
     SessionId,
     SessionKind,
-    SessionLimitReached,
-    SessionNotFound,
     SessionSummary,
-    StepConflict,
     StepRequest,
     StepResponse,
 )
+from services.step_batcher import StepBatcher
 
 # Ray, torch and the session machinery load only with a Ray transport: an HTTP-only client (a
 # robot controller) imports in a fraction of a second instead of several.
@@ -124,11 +125,20 @@ class RayTransport:
         self.pool = pool_id(store, worker, config, self.hosts, serve_worker)
         self._handles: dict[int, Any] = {}
 
+    def host_of(self, session: SessionId) -> int:
+        """The index of the session's host."""
+        from services.session_host import host_index
+
+        return host_index(session, self.hosts.hosts)
+
     def handle(self, session: SessionId) -> Any:
         """The handle of the session's host (get-or-create)."""
-        from services.session_host import host_handle, host_index
+        return self.handle_at(self.host_of(session))
 
-        index = host_index(session, self.hosts.hosts)
+    def handle_at(self, index: int) -> Any:
+        """The handle of host ``index`` (get-or-create)."""
+        from services.session_host import host_handle
+
         found = self._handles.get(index)
         if found is None:
             found = host_handle(
@@ -167,13 +177,27 @@ class RayTransport:
 
 
 class AsyncRayTransport:
-    """``RayTransport`` for asyncio callers: awaits the ObjectRefs instead of blocking."""
+    """``RayTransport`` for asyncio callers: awaits the ObjectRefs instead of blocking.
+
+    Steps go through one ``StepBatcher`` per host: the steps of concurrent callers (16 robots'
+    streams in one ingress) reach their host as one ``step_many`` call, one model forward."""
 
     def __init__(self, sync: RayTransport) -> None:
         self.sync = sync
+        self._batchers: dict[int, StepBatcher] = {}
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
-        return await self.sync.submit(session, method, payload)
+        if method != "step":
+            return await self.sync.submit(session, method, payload)
+        index = self.sync.host_of(session)
+        batcher = self._batchers.get(index)
+        if batcher is None:
+            batcher = self._batchers[index] = StepBatcher(functools.partial(self._steps, index))
+        return await batcher.submit((session.model_dump(mode="json"), payload))
+
+    async def _steps(self, index: int, items: list[Any]) -> list[Any]:
+        results: list[Any] = await self.sync.handle_at(index).step_many.remote(items)
+        return results
 
 
 #: method -> (HTTP verb, path suffix) of the session routes of ``services.http_app``.
@@ -204,13 +228,10 @@ def http_result(status: int, body: Any) -> Any:
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if status in (401, 403):
         raise PermissionError(f"HTTP {status}: {detail}")
-    if status == 404:
-        raise SessionNotFound(f"HTTP {status}: {detail}")
-    if status == 429:
-        raise SessionLimitReached(f"HTTP {status}: {detail}")
-    if status == 409:
-        raise StepConflict(f"HTTP {status}: {detail}")
-    if status in (400, 413, 422):
+    for error, code in ERROR_STATUS:
+        if status == code:
+            raise error(f"HTTP {status}: {detail}")
+    if status in (400, 413):
         raise ValueError(f"HTTP {status}: {detail}")
     raise TempomemHTTPError(status, detail)
 
@@ -495,15 +516,9 @@ class AsyncTempomemClient(_ClientBase[AsyncTransport]):
         answer = await self.transport.call(self.session_id(session_id), method, payload)
         return _ANSWERS[method](answer)
 
-    async def step(
-        self,
-        session_id: str | SessionId,
-        step_id: int,
-        input_ids: Sequence[int],
-        prefix_len: int,
-        **options: Unpack[StepOptions],
-    ) -> StepResponse:
-        payload = step_payload(step_id, input_ids, prefix_len, **options)
+    @async_twin_of(TempomemClient.step)
+    async def step(self, session_id: str | SessionId, *args: Any, **options: Any) -> StepResponse:
+        payload = step_payload(*args, **options)
         return cast(StepResponse, await self._call("step", session_id, payload))
 
     async def reset(self, session_id: str | SessionId, reason: str | None = None) -> ResetResponse:

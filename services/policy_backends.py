@@ -18,8 +18,8 @@ which backend runs the steps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 from kv_store.state import decode_state, encode_state
 from services.policy_worker import (
@@ -33,6 +33,20 @@ from services.policy_worker import (
 )
 from services.schemas import StepRequest
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def each_or_error(run: Callable[[T], R], items: Iterable[T]) -> list[R | Exception]:
+    """``run(item)`` for every item, an item's exception in its place if it raises."""
+    results: list[R | Exception] = []
+    for item in items:
+        try:
+            results.append(run(item))
+        except Exception as err:
+            results.append(err)
+    return results
+
 
 class PolicyBackend(Protocol):
     """Runs one step of a session given that session's memory (None: an empty memory)."""
@@ -40,6 +54,13 @@ class PolicyBackend(Protocol):
     def step(
         self, memory: Any, request: StepRequest, timeout_s: float
     ) -> tuple[StepOutput, Any]: ...
+
+    def step_many(
+        self, items: Sequence[tuple[Any, StepRequest]], timeout_s: float
+    ) -> list[tuple[StepOutput, Any] | Exception]:
+        """Several sessions' steps, ``(memory, request)`` each, batched where the backend can;
+        a failing item yields its exception in its place."""
+        ...
 
     def to_state(self, memory: Any) -> Mapping[str, Any] | None: ...
 
@@ -55,7 +76,19 @@ class RemotePolicy:
     def step(
         self, memory: bytes | None, request: StepRequest, timeout_s: float
     ) -> tuple[StepOutput, bytes]:
-        pending = self.handle.step.remote(memory, request.model_dump(mode="json"))
+        return self._result(self._submit(memory, request), timeout_s)
+
+    def step_many(
+        self, items: Sequence[tuple[bytes | None, StepRequest]], timeout_s: float
+    ) -> list[tuple[StepOutput, bytes] | Exception]:
+        """All items sent at once (the Serve deployment batches them), then awaited."""
+        pending = [self._submit(memory, request) for memory, request in items]
+        return each_or_error(lambda call: self._result(call, timeout_s), pending)
+
+    def _submit(self, memory: bytes | None, request: StepRequest) -> Any:
+        return self.handle.step.remote(memory, request.model_dump(mode="json"))
+
+    def _result(self, pending: Any, timeout_s: float) -> tuple[StepOutput, bytes]:
         output, new_memory = self._wait(pending, timeout_s)
         return StepOutput.model_validate(output), new_memory
 
@@ -96,6 +129,20 @@ class InlinePolicy:
     ) -> tuple[StepOutput, dict[str, Any]]:
         del timeout_s  # in-process: nothing to wait for
         return self.runner.run(memory, request)
+
+    def step_many(
+        self, items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]], timeout_s: float
+    ) -> list[tuple[StepOutput, dict[str, Any]] | Exception]:
+        """One forward for the items whose shapes agree (``StepEngine.run_many``); a runner
+        without ``run_many`` steps them one by one."""
+        del timeout_s
+        run_many = getattr(self.runner, "run_many", None)
+        if run_many is not None:
+            return cast(
+                list[tuple[StepOutput, dict[str, Any]] | Exception],
+                run_many(list(items), return_exceptions=True),
+            )
+        return each_or_error(lambda item: self.runner.run(*item), items)
 
     def to_state(self, memory: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         return memory

@@ -53,6 +53,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -188,6 +189,19 @@ def build_policy(
     )
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """A step that passed a session's checks and waits for the policy (``begin_step``):
+    ``memory`` is the session's memory to run it on (None: memoryless, when the store cannot
+    take the new state)."""
+
+    request: StepRequest
+    digest: str
+    healthy: bool
+    memory: Any
+    started: float
+
+
 class SessionActor:
     """The memory of one robot or agent session (use as a Ray actor; see ``session_handle``).
 
@@ -274,6 +288,19 @@ class SessionActor:
 
     def step(self, request: Mapping[str, Any]) -> dict[str, Any]:
         """Answer one step (a JSON dict of ``StepResponse``); see the module docstring."""
+        plan = self.begin_step(request)
+        if isinstance(plan, dict):
+            return plan
+        before = time.perf_counter()
+        output, new_memory = self._policy.step(
+            plan.memory, plan.request, self.config.worker_timeout_s
+        )
+        return self.finish_step(plan, output, new_memory, (time.perf_counter() - before) * 1e3)
+
+    def begin_step(self, request: Mapping[str, Any]) -> dict[str, Any] | StepPlan:
+        """The part of ``step`` before the policy runs: the answer itself for a replayed step
+        id, else what to run (a ``SessionHost`` runs several sessions' plans in one forward).
+        Raises what ``step`` raises for a bad request, before anything changes."""
         start = time.perf_counter()
         req = StepRequest.model_validate(request)
         digest = request_digest(req)
@@ -282,14 +309,21 @@ class SessionActor:
             return self._replay(req.step_id, digest)
         self._check_time(req.t)
         healthy = self._store_usable()
-        output, new_memory, worker_ms = self._run_worker(req, healthy)
+        return StepPlan(req, digest, healthy, self._memory if healthy else None, start)
+
+    def finish_step(
+        self, plan: StepPlan, output: StepOutput, new_memory: Any, worker_ms: float
+    ) -> dict[str, Any]:
+        """The part of ``step`` after the policy ran ``plan``: keep the new memory, answer,
+        hand the state to the store. ``worker_ms``: how long the policy took."""
+        req, healthy = plan.request, plan.healthy
         if healthy:
             self._memory = new_memory
             self.episode.frames = output.frames_after
         else:
             self._metrics["degraded_steps"] += 1
         self._metrics["steps"] += 1
-        self.episode.applied(req.step_id, req.t, digest)
+        self.episode.applied(req.step_id, req.t, plan.digest)
         committed = False
         store_ms = 0.0
         response = self._response(req.step_id, output, degraded=not healthy)
@@ -302,7 +336,7 @@ class SessionActor:
             state_ms=output.state_ms,
             worker_ms=worker_ms,
             store_ms=store_ms,
-            total_ms=(time.perf_counter() - start) * 1e3,
+            total_ms=(time.perf_counter() - plan.started) * 1e3,
         )
         response = response.model_copy(update={"timing": timing, "committed": committed})
         self._remember(req.step_id, response)
@@ -377,12 +411,6 @@ class SessionActor:
         return {**self._metrics, "writes": writer.writes, "write_failures": writer.failures}
 
     # ---------------------------------------------------------------------------- internals
-
-    def _run_worker(self, req: StepRequest, healthy: bool) -> tuple[StepOutput, Any, float]:
-        before = time.perf_counter()
-        memory = self._memory if healthy else None
-        output, new_memory = self._policy.step(memory, req, self.config.worker_timeout_s)
-        return output, new_memory, (time.perf_counter() - before) * 1e3
 
     def _response(self, step_id: int, output: StepOutput, degraded: bool) -> StepResponse:
         return StepResponse(

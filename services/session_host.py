@@ -27,17 +27,18 @@ restore their sessions from the store. On one node both settings are the same.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kv_store import StoreUnavailable
 from kv_store.base import BaseStore
@@ -48,6 +49,7 @@ from services.session import (
     ServeWorker,
     SessionActor,
     SessionConfig,
+    StepPlan,
     StoreSpec,
     TenantStores,
     build_policy,
@@ -159,6 +161,25 @@ class SessionHost:
     def step(self, session: Mapping[str, Any], request: Mapping[str, Any]) -> dict[str, Any]:
         return self._run(session, "step", request)
 
+    def step_many(
+        self, items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+    ) -> list[dict[str, Any] | Exception]:
+        """Several sessions' steps, ``(session, request)`` each, in one call: each session's
+        checks, then ONE policy forward for all of them where shapes agree (the policy's
+        ``step_many``), then each session's answer and store hand-off. The answers equal those
+        of ``step`` one by one (up to float rounding of the batched forward); a failing item
+        yields its exception in its place. A session named twice runs its steps in order."""
+        results: list[dict[str, Any] | Exception | None] = [None] * len(items)
+        parsed: list[tuple[int, SessionId, Mapping[str, Any]]] = []
+        for i, (session, request) in enumerate(items):
+            try:
+                parsed.append((i, SessionId.model_validate(session), request))
+            except ValidationError as err:
+                results[i] = portable_error(err)
+        for batch in _rounds(parsed):
+            self._step_round(batch, results)
+        return cast(list[dict[str, Any] | Exception], results)  # every item has its result
+
     def reset(self, session: Mapping[str, Any], request: Mapping[str, Any] | None) -> Any:
         return self._run(session, "reset", request)
 
@@ -234,6 +255,44 @@ class SessionHost:
             except Exception:  # a store error must not end the janitor
                 log.exception("idle eviction failed")
 
+    def _step_round(
+        self,
+        batch: list[tuple[int, SessionId, Mapping[str, Any]]],
+        results: list[dict[str, Any] | Exception | None],
+    ) -> None:
+        """``step_many`` for sessions that are all different; writes ``results[i]``."""
+        with contextlib.ExitStack() as held:
+            for _, sid, _ in sorted(batch, key=lambda item: str(item[1])):  # one lock order
+                held.enter_context(self._session_lock(sid))
+            planned: list[tuple[int, SessionActor, StepPlan]] = []
+            for i, sid, request in batch:
+                try:
+                    actor = self._held(sid) or self._open(sid)
+                    plan = actor.begin_step(request)
+                except Exception as err:
+                    results[i] = portable_error(err)
+                    continue
+                if isinstance(plan, StepPlan):
+                    planned.append((i, actor, plan))
+                else:
+                    results[i] = plan  # a replayed step id: answered already
+            if not planned:
+                return
+            before = time.perf_counter()
+            runs = [(plan.memory, plan.request) for _, _, plan in planned]
+            try:
+                outputs = self._policy.step_many(runs, self.config.worker_timeout_s)
+            except Exception as err:
+                outputs = [err] * len(planned)
+            worker_ms = (time.perf_counter() - before) * 1e3
+            for (i, actor, plan), outcome in zip(planned, outputs, strict=True):
+                try:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                    results[i] = actor.finish_step(plan, *outcome, worker_ms)
+                except Exception as err:
+                    results[i] = portable_error(err)
+
     def _run(self, session: Mapping[str, Any], method: str, payload: Any) -> Any:
         sid = SessionId.model_validate(session)
         with self._session_lock(sid):
@@ -304,6 +363,31 @@ class SessionHost:
         self._sessions.pop(key, None)
         self._last_used.pop(key, None)
         self._locks.pop(key, None)
+
+
+def _rounds(
+    items: list[tuple[int, SessionId, Mapping[str, Any]]],
+) -> list[list[tuple[int, SessionId, Mapping[str, Any]]]]:
+    """``items`` split in rounds in which every session appears once (in order), so that a
+    session's second step sees its first one's memory."""
+    rounds: list[list[tuple[int, SessionId, Mapping[str, Any]]]] = []
+    seen: dict[str, int] = {}  # session -> rounds it is in so far
+    for item in items:
+        key = str(item[1])
+        index = seen.get(key, 0)
+        seen[key] = index + 1
+        if index == len(rounds):
+            rounds.append([])
+        rounds[index].append(item)
+    return rounds
+
+
+def portable_error(err: Exception) -> Exception:
+    """``err`` as it can travel back in a list of results: a pydantic ``ValidationError``
+    (which does not survive Ray's serialisation) becomes a ``ValueError`` with its text."""
+    if isinstance(err, ValidationError):
+        return ValueError(str(err))
+    return err
 
 
 #: CPUs a spread host reserves. Not 0: Ray 2.60 ignores a soft node affinity for an actor that

@@ -443,3 +443,39 @@ def test_a_host_killed_mid_burst_loses_no_committed_step(
         assert [r.step_id for r in replies] == list(range(steps))
         summary = sync.summary(name)
         assert summary.committed_step_id == summary.last_step_id == steps - 1
+
+
+def test_concurrent_async_steps_reach_their_host_in_batches(sessions: list[SessionId]) -> None:
+    """Six robots stepping together through the async client: each tick's steps reach the
+    host as one ``step_many`` call (one forward), and every answer is the one the sync client
+    gets stepping the same observations one by one."""
+    tenant = f"tenant-q{uuid.uuid4().hex[:6]}"
+    options: dict[str, Any] = {"worker": WORKER, "hosts": HostSpec(hosts=1)}
+    client = AsyncTempomemClient(tenant, **options)
+    reference = TempomemClient(f"{tenant}-ref", **options)
+    names = [_register(sessions, client, f"q{k}") for k in range(6)]
+    for name in names:
+        _register(sessions, reference, name)
+    ticks = 5
+
+    async def run() -> list[list[StepResponse]]:
+        return [
+            list(
+                await asyncio.gather(
+                    *(client.step(n, s, _tokens(s + k), PREFIX) for k, n in enumerate(names))
+                )
+            )
+            for s in range(ticks)
+        ]
+
+    got = asyncio.run(run())
+    for s, answers in enumerate(got):
+        for k, (name, answer) in enumerate(zip(names, answers, strict=True)):
+            expected = reference.step(name, s, _tokens(s + k), PREFIX)
+            assert answer.top_k_ids == expected.top_k_ids
+            assert answer.top_k_logits == pytest.approx(expected.top_k_logits, abs=1e-4)
+            assert answer.frames_in_memory == expected.frames_in_memory == min(s, 4)
+    transport = client.transport
+    assert isinstance(transport, AsyncRayTransport)
+    calls = sum(batcher.calls for batcher in transport._batchers.values())
+    assert calls <= 2 * ticks < len(names) * ticks, calls

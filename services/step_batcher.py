@@ -1,0 +1,63 @@
+"""``StepBatcher``: concurrent steps bound for one session host go as one call.
+
+Natural batching, with no timer: a step that finds no call in flight goes out at once (on the
+next turn of the event loop, so the steps of one burst share it); steps that arrive while a
+call is in flight wait for it and then go together, up to ``max_batch`` per call. A lone robot
+pays nothing; 16 robots ticking together cost the host one call and one model forward instead
+of 16 (``SessionHost.step_many``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+#: ``send(items)``: one call for several items; a result or an exception per item, in order.
+SendMany = Callable[[list[Any]], Awaitable[Sequence[Any]]]
+
+
+class StepBatcher:
+    """Coalesces ``submit(item)`` calls into ``send(items)`` calls (see the module doc)."""
+
+    def __init__(self, send: SendMany, max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.send = send
+        self.max_batch = max_batch
+        self.calls = 0  # send calls so far (batches), for benchmarks and tests
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Any) -> Any:
+        """``item``'s result, or its exception raised here."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            self.calls += 1
+            try:
+                results: Sequence[Any] = await self.send([item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for {len(batch)} steps")
+            except Exception as err:  # the call itself failed: every step in it did
+                results = [err] * len(batch)
+            except BaseException:  # cancelled (loop shutting down): nobody waits forever
+                for _, future in batch + self._pending:
+                    if not future.done():
+                        future.set_exception(ConnectionError("step batcher stopped"))
+                self._pending.clear()
+                raise
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # its caller gave up (timeout, cancelled)
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
