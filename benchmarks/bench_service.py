@@ -287,6 +287,19 @@ async def _load(url: str, duration_s: float, path: str) -> dict[str, Any]:
     }
 
 
+def _host_step_calls() -> tuple[int, int]:
+    """``step_many`` calls the session hosts have taken so far, and the steps they carried."""
+    calls = steps = 0
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("tempomem/host/"):
+            stats = ray.get(
+                ray.get_actor(actor["name"], namespace=actor["namespace"]).stats.remote()
+            )
+            calls += stats["step_many_calls"]
+            steps += stats["step_many_steps"]
+    return calls, steps
+
+
 def _serve_placement(
     namespace: str, port: int, placement: str, duration_s: float
 ) -> tuple[str, dict[str, dict[str, Any]], list[int]]:
@@ -303,7 +316,12 @@ def _serve_placement(
     try:
         url = f"http://127.0.0.1:{port}"
         latency = f"{_http_latency(url, namespace, worker)} | {_stream_latency(url)}"
-        loads = {path: asyncio.run(_load(url, duration_s, path)) for path in PATHS}
+        loads = {}
+        for path in PATHS:
+            before = _host_step_calls()
+            loads[path] = asyncio.run(_load(url, duration_s, path))
+            calls, steps = (a - b for a, b in zip(_host_step_calls(), before, strict=True))
+            loads[path]["host_batch"] = steps / max(1, calls)
         batches: list[int] = []
         if placement == "shared":
             batches = (
@@ -359,7 +377,10 @@ def run(duration_s: float = 60.0) -> str:
                 for role, ms in sorted(load["cpu_ms_per_step"].items(), key=lambda kv: -kv[1])
                 if ms >= 0.05
             )
-            notes.append(f"{label}, CPU ms per answered step: {cpu}.")
+            notes.append(
+                f"{label}, CPU ms per answered step: {cpu}; steps per session-host call "
+                f"{load['host_batch']:.2f}."
+            )
             error_kinds = sorted({e.split(":", 1)[0] for e in load["errors"]})
             if error_kinds:
                 notes.append(f"{label}, error kinds: {', '.join(error_kinds)}.")

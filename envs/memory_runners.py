@@ -31,7 +31,7 @@ import torch
 
 from envs.frozen_policy import Frame, FrozenPolicy
 from memory import EpisodicConfig, TempoFitConfig
-from memory.episodic.checks import is_int
+from memory.numbers import is_int
 
 MemoryKind = Literal["none", "tempofit", "episodic", "stacking"]
 MEMORY_KINDS: tuple[MemoryKind, ...] = ("none", "tempofit", "episodic", "stacking")

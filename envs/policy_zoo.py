@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from envs.frozen_policy import FrozenPolicy
+from memory.numbers import is_int
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def runner_options(
 
     if name not in POLICIES:
         raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 256:
+    if not is_int(capacity) or not 1 <= capacity <= 256:
         raise ValueError(f"capacity must be an int in [1, 256], got {capacity!r}")
     layers = POLICIES[name].tempofit_layers if layers is None else layers
     tempofit: dict[str, Any] = {"capacity": capacity}

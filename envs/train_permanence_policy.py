@@ -65,6 +65,7 @@ from envs.tasks.object_permanence import (
     expert_action_probs,
 )
 from envs.training_cli import TrainingRun, run_training_cli, write_shipped_policy
+from memory.numbers import is_int
 
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 800
@@ -173,7 +174,7 @@ def train(
 ) -> tuple[PermanenceVLA, TrainReport]:
     """Train a fresh ``build_model(seed)`` memoryless (see the module); returns the frozen
     policy and a report."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")

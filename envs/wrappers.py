@@ -27,6 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from memory.clock import Clock, SimClock
+from memory.numbers import is_real
 
 INTO = ("observation", "info")
 
@@ -36,7 +37,7 @@ class _StepClock:
 
     def __init__(self, clock: Clock | None, dt: float | None) -> None:
         if dt is not None:
-            if isinstance(dt, bool) or not isinstance(dt, int | float | np.floating | np.integer):
+            if not (is_real(dt) or isinstance(dt, np.floating | np.integer)):
                 raise ValueError(f"dt must be a number of seconds > 0 or None, got {dt!r}")
             if not math.isfinite(dt) or dt <= 0:
                 raise ValueError(f"dt must be a finite number of seconds > 0, got {dt}")

@@ -23,7 +23,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import torch
 
@@ -238,7 +238,7 @@ class BaseStore(ABC):
             raise ValueError("record may not contain the reserved field '_id'")
         t = event.get("t")
         t = float(self.event_clock()) if t is None else t
-        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t < 0:
+        if not _is_finite_number(t) or t < 0:
             raise ValueError(f"record['t'] must be a finite number of seconds >= 0, got {t!r}")
         event["t"] = float(t)
         payload = json.dumps(event, separators=(",", ":"), allow_nan=False)
@@ -395,8 +395,13 @@ def _check_indexes(indexes: Sequence[str]) -> list[str]:
     return [check_key(index, what="index") for index in indexes]
 
 
+def _is_finite_number(value: object) -> TypeGuard[int | float]:
+    """An int or float (never a bool: ``True`` is no time or score) that is finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_score(score: float) -> float:
-    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+    if not _is_finite_number(score):
         raise ValueError(f"score must be a finite number, got {score!r}")
     return float(score)
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memory.episodic.checks import is_int
 from memory.layer_ring import LayerRing, RingSpec
+from memory.numbers import is_int
 
 STORAGE_DTYPES = {
     str(dtype).removeprefix("torch."): dtype

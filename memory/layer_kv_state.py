@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from memory.episodic.checks import is_int
 from memory.layer_kv_checks import dtype_name
 from memory.layer_ring import LayerRing, RingFrames, RingSpec
+from memory.numbers import is_int
 from memory.tempofit_config import TempoFitConfig
 
 STATE_FORMAT = "tempomem.LayerwiseKVMemory/1"

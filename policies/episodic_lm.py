@@ -78,7 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from memory.episodic import EpisodicConfig, EventStore, TensorBacking, token_surprise
-from memory.episodic.checks import is_int
+from memory.numbers import is_int
 from policies.attention_adapters import AttentionAdapter, adapter_for, text_config
 from policies.episodic_attention import attend, project, visibility
 from policies.episodic_context import ContextAssembler, RopeTables

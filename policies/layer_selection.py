@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import kernels
 from memory import TempoFitConfig
-from memory.episodic.checks import is_int
+from memory.numbers import is_int
 
 # The early-to-middle band, as fractions of the depth.
 _BAND_START = 0.2

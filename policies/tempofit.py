@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from memory import Clock, LayerwiseKVMemory, SystemClock, TempoFitConfig
-from memory.episodic.checks import is_int
+from memory.numbers import is_int, is_real
 from policies.attention_adapters import AttentionAdapter, adapter_for
 from policies.concat_history import ConcatHistoryWrap
 from policies.forward_watch import DecoderForwardWatch, ForwardInfo
@@ -268,7 +268,7 @@ class TempoFit:
             if t.dtype == torch.bool or t.dtype.is_complex or t.dim() > 1:
                 raise ValueError(f"t must be a float or a (B,) tensor, got {t.dtype} {t.shape}")
             return t.detach().to(device="cpu", dtype=torch.float64)
-        if isinstance(t, bool) or not isinstance(t, int | float):
+        if not is_real(t):
             raise ValueError(f"t must be a float or a (B,) tensor, got {t!r}")
         return float(t)
 

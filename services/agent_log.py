@@ -43,6 +43,7 @@ import numpy as np
 
 from kv_store.base import Store, check_name
 from memory.clock import Clock, SystemClock, parse_timestamp
+from memory.numbers import is_int
 from memory.temporal.coverage import COMMON_WORDS
 from memory.temporal.horizons import Embedder, words
 from memory.temporal.signals import content_text
@@ -122,7 +123,7 @@ class AgentEventLog:
             raise ValueError(f"half_life_s must be a positive number, got {half_life_s!r}")
         if not (math.isfinite(recency_weight) and recency_weight >= 0):
             raise ValueError(f"recency_weight must be >= 0, got {recency_weight!r}")
-        if isinstance(contiguity, bool) or not isinstance(contiguity, int) or contiguity < 0:
+        if not is_int(contiguity) or contiguity < 0:
             raise ValueError(f"contiguity must be an integer >= 0, got {contiguity!r}")
         if not 0 <= contiguity_decay <= 1:
             raise ValueError(f"contiguity_decay must be in [0, 1], got {contiguity_decay!r}")
@@ -292,7 +293,7 @@ class AgentEventLog:
         (what the log knew at `as_of`); `now` still wins for recency when given."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("query must be a non-empty string")
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        if not is_int(k) or k <= 0:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         end = None if as_of is None else parse_timestamp(as_of)
         events = [e for e in self.events(end=end) if e.get("kind") != "llm_start"]

@@ -182,8 +182,9 @@ class AsyncRayTransport:
     Steps go through one ``StepBatcher`` per host: the steps of concurrent callers (16 robots'
     streams in one ingress) reach their host as one ``step_many`` call, one model forward."""
 
-    def __init__(self, sync: RayTransport) -> None:
+    def __init__(self, sync: RayTransport, step_linger_s: float = 0.0) -> None:
         self.sync = sync
+        self.step_linger_s = step_linger_s  # see ``StepBatcher``
         self._batchers: dict[int, StepBatcher] = {}
 
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
@@ -192,7 +193,8 @@ class AsyncRayTransport:
         index = self.sync.host_of(session)
         batcher = self._batchers.get(index)
         if batcher is None:
-            batcher = self._batchers[index] = StepBatcher(functools.partial(self._steps, index))
+            send = functools.partial(self._steps, index)
+            batcher = self._batchers[index] = StepBatcher(send, linger_s=self.step_linger_s)
         return await batcher.submit((session.model_dump(mode="json"), payload))
 
     async def _steps(self, index: int, items: list[Any]) -> list[Any]:

@@ -72,6 +72,9 @@ class ServeSettings(BaseModel):
         le=1,
         description="Longest wait for a batch to fill (adds to a lone step).",
     )
+    #: How long the ingress holds a step for other steps bound to the same session host, so
+    #: that they reach it as one call and run as one forward (``services.step_batcher``).
+    step_batch_wait_s: float = Field(default=0.004, ge=0, le=0.1)
     policy_replicas: int = Field(default=1, ge=1, le=64)
     max_sessions_per_tenant: int | None = Field(
         default=1000,
@@ -149,7 +152,8 @@ class RayBackend:
                 serve_worker=None
                 if settings.worker.placement == "session"
                 else ServeWorker(app=settings.app_name, deployment=POLICY_DEPLOYMENT),
-            )
+            ),
+            step_linger_s=settings.step_batch_wait_s,
         )
         self._sessions: set[SessionId] = set()
         self._logs: OrderedDict[str, Any] = OrderedDict()

@@ -8,6 +8,7 @@ import math
 from typing import Any, Literal
 
 from memory.clock import Clock, SimClock, SystemClock
+from memory.numbers import is_real
 from services.agent_log import iso
 
 ClockKind = Literal["system", "sim"]
@@ -45,7 +46,7 @@ def advance(clock: Clock, seconds: Any) -> dict[str, Any]:
     """Move a simulated clock forward; a `ValueError` for a real clock or a bad number."""
     if not isinstance(clock, SimClock):
         raise ValueError(f"{ADVANCE_TOOL_NAME} works only with --clock sim")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    if not is_real(seconds):
         raise ValueError(f"seconds must be a number, got {seconds!r}")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"seconds must be finite and >= 0, got {seconds!r}")

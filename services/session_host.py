@@ -151,6 +151,8 @@ class SessionHost:
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()  # guards the maps above, never held during a call
         self._evictions = 0
+        self._step_calls = 0  # step_many calls and the steps they carried (stats)
+        self._batched_steps = 0
         if self.spec.idle_evict_s is not None:
             janitor = threading.Thread(target=self._evict_forever, name="tempomem-evict")
             janitor.daemon = True
@@ -169,6 +171,9 @@ class SessionHost:
         ``step_many``), then each session's answer and store hand-off. The answers equal those
         of ``step`` one by one (up to float rounding of the batched forward); a failing item
         yields its exception in its place. A session named twice runs its steps in order."""
+        with self._lock:
+            self._step_calls += 1
+            self._batched_steps += len(items)
         results: list[dict[str, Any] | Exception | None] = [None] * len(items)
         parsed: list[tuple[int, SessionId, Mapping[str, Any]]] = []
         for i, (session, request) in enumerate(items):
@@ -199,8 +204,8 @@ class SessionHost:
             return deleted
 
     def stats(self) -> dict[str, Any]:
-        """Sessions held, evictions so far, this process's id and its Ray node's id (None
-        outside Ray), for benchmarks and tests."""
+        """Sessions held, evictions so far, ``step_many`` calls and the steps they carried,
+        this process's id and its Ray node's id (None outside Ray), for benchmarks and tests."""
         import os
 
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -208,6 +213,8 @@ class SessionHost:
             return {
                 "sessions": len(self._sessions),
                 "evictions": self._evictions,
+                "step_many_calls": self._step_calls,
+                "step_many_steps": self._batched_steps,
                 "pid": os.getpid(),
                 "node_id": node,
             }

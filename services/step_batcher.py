@@ -1,10 +1,13 @@
 """``StepBatcher``: concurrent steps bound for one session host go as one call.
 
-Natural batching, with no timer: a step that finds no call in flight goes out at once (on the
-next turn of the event loop, so the steps of one burst share it); steps that arrive while a
-call is in flight wait for it and then go together, up to ``max_batch`` per call. A lone robot
-pays nothing; 16 robots ticking together cost the host one call and one model forward instead
-of 16 (``SessionHost.step_many``).
+A step that finds no call in flight waits ``linger_s`` (0: none; it still waits for the next
+turn of the event loop, so the steps of one burst share a call) for others to join, then goes;
+steps that arrive while a call is in flight wait for it and then go together, up to
+``max_batch`` per call. Robots ticking together cost the host one call and one model forward
+instead of one each (``SessionHost.step_many``). Without the linger, batches form only where
+the host itself is the bottleneck; on a machine whose CPU the ingress and proxy share with the
+hosts, a few milliseconds of linger is what lets them form (BENCHMARKS.md, "Service overhead
+and load").
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ SendMany = Callable[[list[Any]], Awaitable[Sequence[Any]]]
 class StepBatcher:
     """Coalesces ``submit(item)`` calls into ``send(items)`` calls (see the module doc)."""
 
-    def __init__(self, send: SendMany, max_batch: int = 64) -> None:
+    def __init__(self, send: SendMany, max_batch: int = 64, linger_s: float = 0.0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not 0.0 <= linger_s <= 1.0:
+            raise ValueError(f"linger_s must be in [0, 1] seconds, got {linger_s}")
         self.send = send
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self.calls = 0  # send calls so far (batches), for benchmarks and tests
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._draining: asyncio.Task[None] | None = None
@@ -38,6 +44,8 @@ class StepBatcher:
         return await future
 
     async def _drain(self) -> None:
+        if self.linger_s > 0 and len(self._pending) < self.max_batch:
+            await asyncio.sleep(self.linger_s)
         while self._pending:
             batch = self._pending[: self.max_batch]
             del self._pending[: self.max_batch]

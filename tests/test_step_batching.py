@@ -204,3 +204,21 @@ def test_a_session_named_twice_in_one_call_runs_its_steps_in_order(
         assert isinstance(b, dict), b
         _same(a, b)
     assert [r["frames_in_memory"] for r in got] == [0, 1, 2]  # type: ignore[index]
+
+
+def test_a_linger_lets_steps_that_arrive_soon_after_share_the_call() -> None:
+    async def scenario(linger_s: float) -> list[list[int]]:
+        send = _Recorder()
+        batcher = StepBatcher(send, linger_s=linger_s)
+
+        async def late(item: int) -> Any:
+            await asyncio.sleep(0.005)
+            return await batcher.submit(item)
+
+        assert await asyncio.gather(batcher.submit(1), late(2)) == [10, 20]
+        return send.batches
+
+    assert asyncio.run(scenario(0.0)) == [[1], [2]]
+    assert asyncio.run(scenario(0.05)) == [[1, 2]]
+    with pytest.raises(ValueError, match="linger_s"):
+        StepBatcher(_Recorder(), linger_s=-1.0)

@@ -26,6 +26,7 @@ from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.envs import MemoryEnv
 
 from envs.tasks.text_recall import CHARSET, MAX_LENGTH
+from memory.numbers import is_int
 
 DIRECTIONS = ("east", "south", "west", "north")
 FREE = ("empty", "floor")
@@ -50,7 +51,7 @@ class MiniGridMemoryEnv(gym.Env[str, np.int64]):
     def __init__(
         self, size: int = 7, max_steps: int | None = None, render_mode: str | None = None
     ) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or not 7 <= size <= 31:
+        if not is_int(size) or not 7 <= size <= 31:
             raise ValueError(f"size must be an int in [7, 31], got {size!r}")
         if size % 2 == 0:
             raise ValueError(f"size must be odd (the hallway runs along the middle), got {size}")

@@ -27,6 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from memory.numbers import is_int
+
 #: Printable ASCII, space and punctuation included: the charset of every observation.
 CHARSET = "".join(chr(c) for c in range(32, 127))
 MAX_LENGTH = 512
@@ -218,7 +220,7 @@ def _cue_and_question(category: str, answer: str, rng: np.random.Generator) -> t
 
 
 def _int_in_range(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if not (is_int(value) or isinstance(value, np.integer)):
         raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
     if not low <= int(value) <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeGuard
-
-
-def is_int(value: object) -> TypeGuard[int]:
-    """True for an int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
+from memory.numbers import is_int
 
 
 def check_int(name: str, value: object, lowest: int) -> None:

@@ -16,9 +16,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from memory.episodic.checks import check_int, is_int
+from memory.episodic.checks import check_int
 from memory.episodic.events import Event
 from memory.episodic.retrieval import pack_representatives
+from memory.numbers import is_int
 
 STATE_FORMAT = "tempomem.episodic.event_store/1"
 RECORD_FORMAT = "tempomem.episodic.event/1"

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from memory.episodic.checks import check_int, is_int
+from memory.episodic.checks import check_int
+from memory.numbers import is_int, is_real
 
 
 def token_surprise(logits: Tensor, input_ids: Tensor, prev_logits: Tensor | None = None) -> Tensor:
@@ -73,7 +74,7 @@ def surprise_threshold(
     +inf.
     """
     values = _check_surprise(surprise, "surprise")
-    if isinstance(gamma, bool) or not isinstance(gamma, int | float) or not math.isfinite(gamma):
+    if not is_real(gamma) or not math.isfinite(gamma):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if gamma < 0:
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")

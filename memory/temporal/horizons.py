@@ -39,6 +39,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from memory.numbers import is_real
 from memory.temporal.lexicons import load_lexicon
 
 
@@ -217,7 +218,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def fresh_for(seconds: float) -> Callable[[F], F]:
     """Declare that a tool function's results stay fresh for `seconds`."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    if not is_real(seconds):
         raise ValueError(f"fresh_for: seconds must be a number, got {seconds!r}")
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"fresh_for: seconds must be finite and > 0, got {seconds}")
