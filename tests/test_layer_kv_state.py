@@ -169,17 +169,27 @@ def test_state_saved_in_format_1_loads_round_trips_byte_for_byte_and_retrieves_t
         assert blob == stored_tensors
         assert json.loads(meta_json) == meta
 
+    # The pinned outputs were computed on another CPU: float results may differ there in the
+    # last bits (SIMD kernels), so they are compared to float32 rounding; a memory loaded from
+    # the record and one rebuilt by today's pushes must agree bit for bit on this machine.
     outputs = safetensors_load((PINNED / "layer_kv_state_v1_outputs.safetensors").read_bytes())
     query = outputs["query"]
     blocked = make_memory(config.model_copy(update={"backend": "blocked"}))
     blocked.load_state_dict(saved)
+    rebuilt = pinned_pushes(config)
     for layer in (0, LAYER):
         k_ctx, v_ctx = restored.retrieve(layer, query, PINNED_TIMES)
         k_hat, v_hat = restored.load(layer, query, query * 0.5, PINNED_TIMES)
         k_blocked, v_blocked = blocked.retrieve(layer, query, PINNED_TIMES)
-        assert torch.equal(k_ctx, outputs[f"retrieve.{layer}.k_ctx"])
-        assert torch.equal(v_ctx, outputs[f"retrieve.{layer}.v_ctx"])
-        assert torch.equal(k_hat, outputs[f"load.{layer}.k_hat"])
-        assert torch.equal(v_hat, outputs[f"load.{layer}.v_hat"])
-        assert torch.equal(k_blocked, outputs[f"blocked.{layer}.k_ctx"])
-        assert torch.equal(v_blocked, outputs[f"blocked.{layer}.v_ctx"])
+        computed = {
+            "retrieve": (k_ctx, v_ctx),
+            "load": (k_hat, v_hat),
+            "blocked": (k_blocked, v_blocked),
+        }
+        for name, (k_out, v_out) in computed.items():
+            k_name = "k_hat" if name == "load" else "k_ctx"
+            for value, key in ((k_out, k_name), (v_out, k_name.replace("k_", "v_"))):
+                pinned = outputs[f"{name}.{layer}.{key}"]
+                torch.testing.assert_close(value, pinned, rtol=1e-5, atol=1e-6)
+        again = rebuilt.retrieve(layer, query, PINNED_TIMES)
+        assert torch.equal(again[0], k_ctx) and torch.equal(again[1], v_ctx)
