@@ -18,6 +18,7 @@ which backend runs the steps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
@@ -81,9 +82,13 @@ class RemotePolicy:
     def step_many(
         self, items: Sequence[tuple[bytes | None, StepRequest]], timeout_s: float
     ) -> list[tuple[StepOutput, bytes] | Exception]:
-        """All items sent at once (the Serve deployment batches them), then awaited."""
+        """All items sent at once (the Serve deployment batches them), then awaited, all
+        within ``timeout_s`` together (a hung policy costs one timeout, not one per item)."""
+        deadline = time.monotonic() + timeout_s
         pending = [self._submit(memory, request) for memory, request in items]
-        return each_or_error(lambda call: self._result(call, timeout_s), pending)
+        return each_or_error(
+            lambda call: self._result(call, max(0.0, deadline - time.monotonic())), pending
+        )
 
     def _submit(self, memory: bytes | None, request: StepRequest) -> Any:
         return self.handle.step.remote(memory, request.model_dump(mode="json"))

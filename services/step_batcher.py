@@ -23,20 +23,32 @@ SendMany = Callable[[list[Any]], Awaitable[Sequence[Any]]]
 class StepBatcher:
     """Coalesces ``submit(item)`` calls into ``send(items)`` calls (see the module doc)."""
 
-    def __init__(self, send: SendMany, max_batch: int = 64, linger_s: float = 0.0) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    def __init__(
+        self, send: SendMany, max_batch: int = 64, linger_s: float = 0.0, max_pending: int = 1024
+    ) -> None:
+        if not 1 <= max_batch <= max_pending:
+            raise ValueError(f"need 1 <= max_batch <= max_pending, got {max_batch}, {max_pending}")
         if not 0.0 <= linger_s <= 1.0:
             raise ValueError(f"linger_s must be in [0, 1] seconds, got {linger_s}")
         self.send = send
         self.max_batch = max_batch
         self.linger_s = linger_s
+        self.max_pending = max_pending
         self.calls = 0  # send calls so far (batches), for benchmarks and tests
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def submit(self, item: Any) -> Any:
-        """``item``'s result, or its exception raised here."""
+        """``item``'s result, or its exception raised here. ``ConnectionError`` at once when
+        ``max_pending`` steps already wait (a host that stopped answering must not make the
+        ingress hold an unbounded queue)."""
+        if len(self._pending) >= self.max_pending:
+            self._pending = [entry for entry in self._pending if not entry[1].done()]
+            if len(self._pending) >= self.max_pending:
+                raise ConnectionError(
+                    f"{len(self._pending)} steps already wait for this session host; it is "
+                    "not keeping up (try again later)"
+                )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._draining is None or self._draining.done():

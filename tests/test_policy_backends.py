@@ -9,6 +9,7 @@ session actor with placement "session" restarting from the store) is in
 from __future__ import annotations
 
 import copy
+import time
 import uuid
 from typing import Any
 
@@ -18,7 +19,13 @@ import torch
 from kv_store.redis_server import LocalRedisServer
 from memory import TempoFitConfig
 from policies import tiny_random_model
-from services.policy_backends import ActorPolicy, InlinePolicy, inline_runner, policy_backend
+from services.policy_backends import (
+    ActorPolicy,
+    InlinePolicy,
+    RemotePolicy,
+    inline_runner,
+    policy_backend,
+)
 from services.policy_worker import PolicyWorker, StepEngine, StepRunner, WorkerSpec
 from services.schemas import SessionId, StepRequest
 from services.session import SessionActor
@@ -131,3 +138,26 @@ def test_in_process_session_restores_from_redis_and_continues_identically(
         assert restarted["top_k_ids"] == uninterrupted["top_k_ids"]
         assert restarted["top_k_logits"] == pytest.approx(uninterrupted["top_k_logits"], abs=1e-6)
         assert restarted["choice_scores"] == pytest.approx(uninterrupted["choice_scores"], abs=1e-6)
+
+
+class _HungPolicy(RemotePolicy):
+    """A remote policy that never answers: each wait uses up the time it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(handle=None)
+        self.waits: list[float] = []
+
+    def _submit(self, memory: bytes | None, request: StepRequest) -> Any:
+        return request.step_id
+
+    def _wait(self, pending: Any, timeout_s: float) -> Any:
+        self.waits.append(timeout_s)
+        time.sleep(timeout_s)
+        raise TimeoutError(f"step {pending}: no answer within {timeout_s:.3f} s")
+
+
+def test_a_hung_remote_policy_costs_one_timeout_per_batch_not_one_per_step() -> None:
+    policy = _HungPolicy()
+    results = policy.step_many([(None, _request(step)) for step in range(5)], timeout_s=0.2)
+    assert all(isinstance(r, TimeoutError) for r in results)
+    assert len(policy.waits) == 5 and sum(policy.waits) <= 0.2

@@ -101,6 +101,36 @@ def test_an_item_error_stays_with_its_item_and_a_failed_call_fails_its_items() -
         StepBatcher(short, max_batch=0)
 
 
+def test_a_host_that_stops_answering_gets_a_bounded_queue() -> None:
+    """Steps for a hung host wait (their callers time out); past ``max_pending`` waiting steps
+    a new one is refused at once with ``ConnectionError``, and freed places are reused."""
+
+    async def scenario() -> None:
+        hang = asyncio.Event()
+
+        async def hung(items: list[int]) -> list[Any]:
+            await hang.wait()
+            return [i * 10 for i in items]
+
+        batcher = StepBatcher(hung, max_batch=2, max_pending=4)
+        first = asyncio.ensure_future(batcher.submit(0))  # in flight, never answered
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 5)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ConnectionError, match="4 steps already wait"):
+            await batcher.submit(5)
+        waiting[0].cancel()  # its caller gave up: its place is free again
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(batcher.submit(6))
+        await asyncio.sleep(0.01)
+        assert not late.done()
+        hang.set()
+        assert await first == 0
+        assert await asyncio.gather(*waiting[1:], late) == [20, 30, 40, 60]
+
+    asyncio.run(scenario())
+
+
 # ------------------------------------------------------------------------------ the host
 
 
