@@ -434,3 +434,13 @@ def test_triton_kernel_matches_reference_under_interpreter():
 def test_transformers_does_not_take_our_kernels_for_hf_kernels():
     import_utils = pytest.importorskip("transformers.utils.import_utils")
     assert not import_utils.is_kernels_available()
+
+
+def test_hugging_face_kernels_is_not_installed_beside_ours():
+    """Hugging Face's `kernels` distribution ships a top-level `kernels` package too: installed
+    beside ours, one shadows the other (transformers >= 5.25 requires it, hence the cap on
+    transformers in pyproject.toml)."""
+    from importlib import metadata
+
+    with pytest.raises(metadata.PackageNotFoundError):
+        metadata.distribution("kernels")
