@@ -51,7 +51,10 @@ GEMMA3_NOTE = (
     "~0.86 GFLOP per layer (272 x 2048 scores and the W @ [K, V] product at d=256) = 3.4 GFLOP "
     "against a ~54 GFLOP forward of the ~100M non-embedding parameters, about twice SmolLM2's "
     "relative cost, so the same exact fp32 retrieval on 2 CPU cores cannot reach 1.03 here "
-    "either. The plain step keeps the logits of the 16 suffix positions only "
+    "either. The measured overhead is larger than that FLOP share (about 6 % at N=8): the "
+    "retrieval, the rescaled load and the push of a 2 MiB frame over one wide KV head run at a "
+    "lower FLOP rate than the forward's large matmuls, and they grow with N while the forward "
+    "does not. The plain step keeps the logits of the 16 suffix positions only "
     "(`logits_to_keep`): Gemma's 262k-token LM head over all 272 positions would add ~91 "
     "GFLOP that no policy needs and would hide TempoFit's cost."
 )
