@@ -274,7 +274,7 @@ class SessionHost:
             planned: list[tuple[int, SessionActor, StepPlan]] = []
             for i, sid, request in batch:
                 try:
-                    actor = self._held(sid) or self._open(sid)
+                    actor = self._actor(sid, "step")
                     plan = actor.begin_step(request)
                 except Exception as err:
                     results[i] = portable_error(err)
@@ -303,11 +303,17 @@ class SessionHost:
     def _run(self, session: Mapping[str, Any], method: str, payload: Any) -> Any:
         sid = SessionId.model_validate(session)
         with self._session_lock(sid):
-            actor = self._held(sid)
-            if actor is None:
-                actor = self._restorable(sid) if method in READ_METHODS else self._open(sid)
+            actor = self._actor(sid, method)
             call: Callable[..., Any] = getattr(actor, method)
             return call() if payload is None and method in READ_METHODS else call(payload)
+
+    def _actor(self, sid: SessionId, method: str) -> SessionActor:
+        """The session's actor for ``method`` (its lock held): the one in memory, else a
+        restored one for a read (``SessionNotFound`` if there is none), else a new one."""
+        actor = self._held(sid)
+        if actor is None:
+            actor = self._restorable(sid) if method in READ_METHODS else self._open(sid)
+        return actor
 
     def _session_lock(self, sid: SessionId) -> threading.Lock:
         with self._lock:
