@@ -365,7 +365,17 @@ class SessionHost:
         cap = self.spec.max_sessions_per_namespace
         if cap is None:
             return
-        live = len(store.keys(prefix=f"session/{sid.kind}/"))
+        # Records in the store, and the sessions this host opened whose first record the
+        # write-behind has not written yet (else a burst of new sessions, one batch of them
+        # above all, would all pass the check before any is counted).
+        live_keys = set(store.keys(prefix=f"session/{sid.kind}/"))
+        with self._lock:
+            live_keys.update(
+                actor.session_id.store_key
+                for actor in self._sessions.values()
+                if (actor.session_id.namespace, actor.session_id.kind) == (sid.namespace, sid.kind)
+            )
+        live = len(live_keys)
         if live >= cap:
             raise SessionLimitReached(
                 f"namespace {sid.namespace!r} has {live} {sid.kind} sessions, its cap is {cap}: "

@@ -12,7 +12,7 @@ import pytest
 
 from memory import TempoFitConfig
 from services.policy_worker import WorkerSpec
-from services.schemas import SessionId, StepConflict
+from services.schemas import SessionId, SessionLimitReached, StepConflict
 from services.session import SessionConfig, StoreSpec
 from services.session_host import HostSpec, SessionHost
 from services.step_batcher import StepBatcher
@@ -252,3 +252,32 @@ def test_a_linger_lets_steps_that_arrive_soon_after_share_the_call() -> None:
     assert asyncio.run(scenario(0.05)) == [[1, 2]]
     with pytest.raises(ValueError, match="linger_s"):
         StepBatcher(_Recorder(), linger_s=-1.0)
+
+
+def test_the_tenant_cap_holds_for_sessions_not_yet_written_to_the_store() -> None:
+    """New sessions count against the tenant's cap as soon as the host opens them, not once
+    their first record is written: neither a batch of new sessions nor a quick run of them
+    one by one gets past it."""
+    host = SessionHost(
+        0,
+        store=StoreSpec(url="local"),
+        worker=WORKER,
+        config=SessionConfig(),
+        host=HostSpec(idle_evict_s=None, max_sessions_per_namespace=3),
+    )
+
+    def tenant(namespace: str, name: str) -> dict[str, Any]:
+        return SessionId(kind="robot", namespace=namespace, id=name).model_dump(mode="json")
+
+    batch = host.step_many([(tenant("capped-a", f"s{i}"), _request(0, i)) for i in range(6)])
+    assert [isinstance(r, dict) for r in batch] == [True] * 3 + [False] * 3
+    assert all(isinstance(r, SessionLimitReached) for r in batch[3:])
+    one_by_one = []
+    for i in range(6):
+        try:
+            one_by_one.append(host.step(tenant("capped-b", f"s{i}"), _request(0, i)))
+        except SessionLimitReached as err:
+            one_by_one.append(err)
+    assert [isinstance(r, dict) for r in one_by_one] == [True] * 3 + [False] * 3
+    # A session that exists keeps stepping at the cap.
+    assert host.step(tenant("capped-a", "s0"), _request(1, 0))["step_id"] == 1
