@@ -8,12 +8,14 @@
    step is two actor hops (driver -> session -> policy) where the baseline is one.
 2. Step latency, p50 and p99, through ``tempomem serve`` (Ray Serve ingress -> session
    actor -> batched policy deployment) with the tiny random LLaMA, one robot stepping
-   sequentially, over HTTP (a request per step) and over the stream route (one WebSocket,
-   a message per step); beside it HTTP / the Ray client (no HTTP) as a ratio.
+   sequentially, over HTTP (a request per step), over the stream route (one WebSocket through
+   the HTTP proxy, a message per step) and over a direct stream (handed over to the session
+   host, ``services.host_stream``); beside it HTTP / the Ray client (no HTTP) as a ratio.
 3. Load: 16 simulated robots at 20 Hz for ``duration_s`` (default 60 s, at most 600) against
-   local Serve with the tiny model, over HTTP and then over the stream route (one WebSocket
-   per robot), same app, same run. A robot whose previous step has not come back at its next
-   tick drops that tick (a real controller would skip it too): reported as dropped steps,
+   local Serve with the tiny model, over HTTP, then over the stream route, then over direct
+   streams (one WebSocket per robot each), same app, same run. A robot whose previous step
+   has not come back at its next tick drops that tick (a real controller would skip it too):
+   reported as dropped steps,
    with errors, the p50/p99 latency of the steps that ran and the CPU time per answered step
    by role (HTTP proxy, ingress, session hosts, policy deployment, load generator, the rest).
 
@@ -40,13 +42,14 @@ from benchmarks.timing import compare, fmt_ms
 from memory import TempoFitConfig
 from services.client import AsyncTempomemClient, TempomemClient
 from services.deployment import ServeSettings, build_app
+from services.host_stream import DirectStreamSpec
 from services.policy_worker import StepOutput, WorkerSpec
 from services.session import SessionConfig, StoreSpec
 
 TARGET_RATIO = 1.5
 ROBOTS = 16
 RATE_HZ = 20.0
-PATHS = ("http", "stream")
+PATHS = ("http", "stream", "direct")
 MAX_DURATION_S = 600.0
 PREFIX = 8
 WORKER = WorkerSpec(model="tiny-llama", tempofit=TempoFitConfig(layers=[1, 2], capacity=8))
@@ -146,12 +149,16 @@ def _actor_ratio(namespace: str) -> list[tuple[str, float]]:
     return rows
 
 
-def _stream_latency(url: str, steps: int = 201, warmup: int = 10) -> str:
-    """p50 and p99 of one robot stepping sequentially over one stream."""
+def _stream_latency(url: str, direct: bool, steps: int = 201, warmup: int = 10) -> str:
+    """p50 and p99 of one robot stepping sequentially over one stream (through the route, or
+    handed over to its session host)."""
     client = TempomemClient.connect(url, namespace="bench")
-    client.reset("lat-stream")
+    name = f"lat-stream-{'direct' if direct else 'route'}"
+    client.reset(name)
     times: list[float] = []
-    with client.stream("lat-stream") as stream:
+    with client.stream(name, direct=direct) as stream:
+        if stream.direct != direct:
+            raise RuntimeError(f"asked for direct={direct}, got a stream with {stream.direct}")
         for i in range(steps + warmup):
             start = time.perf_counter()
             stream.step(i, _tokens(i), PREFIX)
@@ -213,8 +220,9 @@ def _cpu_seconds_by_role() -> dict[str, float]:
 
 
 async def _load(url: str, duration_s: float, path: str) -> dict[str, Any]:
-    """``ROBOTS`` robots at ``RATE_HZ`` over ``path``: "http" (a request per step) or
-    "stream" (one WebSocket per robot)."""
+    """``ROBOTS`` robots at ``RATE_HZ`` over ``path``: "http" (a request per step), "stream"
+    (one WebSocket per robot through the HTTP proxy) or "direct" (one WebSocket per robot
+    handed over to its session host, ``services.host_stream``)."""
     client = AsyncTempomemClient.connect(url, namespace="load", timeout_s=30)
     period = 1.0 / RATE_HZ
     latencies: list[float] = []
@@ -225,7 +233,11 @@ async def _load(url: str, duration_s: float, path: str) -> dict[str, Any]:
     names = [f"{path}-robot{r}" for r in range(ROBOTS)]
     for name in names:
         await client.reset(name)
-    streams = [await client.stream(name) for name in names] if path == "stream" else []
+    streams = [
+        await client.stream(name, direct=path == "direct") for name in names if path != "http"
+    ]
+    if any(stream.direct != (path == "direct") for stream in streams):
+        raise RuntimeError(f"the {path} load did not get the streams it asked for")
 
     async def send(r: int, step: int) -> Any:
         if streams:
@@ -311,11 +323,18 @@ def _serve_placement(
         worker=worker,
         store=StoreSpec(url="local"),
         session=SessionConfig(),
+        direct_stream=DirectStreamSpec(),
     )
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
     try:
         url = f"http://127.0.0.1:{port}"
-        latency = f"{_http_latency(url, namespace, worker)} | {_stream_latency(url)}"
+        latency = " | ".join(
+            [
+                _http_latency(url, namespace, worker),
+                _stream_latency(url, direct=False),
+                _stream_latency(url, direct=True),
+            ]
+        )
         loads = {}
         for path in PATHS:
             before = _host_step_calls()
@@ -387,7 +406,7 @@ def run(duration_s: float = 60.0) -> str:
         if batches:
             notes.append(
                 f"`{placement}`: policy batches mean size {statistics.fmean(batches):.2f}, "
-                f"max {max(batches)} (last {len(batches)} batches, both paths)."
+                f"max {max(batches)} (last {len(batches)} batches, all paths)."
             )
     lines = [
         "Session actor overhead (median ms per call, interleaved; echo engine: no model, so the "
@@ -404,16 +423,18 @@ def run(duration_s: float = 60.0) -> str:
         "One robot stepping sequentially (`tempomem serve`; tiny-llama, TempoFit layers [1, 2], "
         "8 frames; local store; `shared`: Serve ingress -> session host -> batched policy "
         "deployment, `session`: Serve ingress -> session host), over HTTP and over the stream "
-        "route (one WebSocket):",
+        "route (one WebSocket through the HTTP proxy) and over a direct stream (the route's "
+        "handshake, then one WebSocket to the session host, `services.host_stream`):",
         "",
         "| placement | HTTP step p50 ms | HTTP step p99 ms | HTTP / Ray-client step "
-        "| stream step p50 ms | stream step p99 ms |",
-        "|---|---|---|---|---|---|",
+        "| stream step p50 ms | stream step p99 ms | direct step p50 ms | direct step p99 ms |",
+        "|---|---|---|---|---|---|---|---|",
         *latency_rows,
         "",
         f"Load: {ROBOTS} robots at {RATE_HZ:g} Hz for {duration_s:g} s, over HTTP (a request "
-        "per step) and over the stream route (one WebSocket per robot), one after the other "
-        "against the same app (a step still in flight at the next tick drops that tick; "
+        "per step), over the stream route (one WebSocket per robot through the HTTP proxy) and "
+        "over direct streams (one WebSocket per robot to its session host), one after the "
+        "other against the same app (a step still in flight at the next tick drops that tick; "
         f"target: < 5 % dropped, p99 < 50 ms on {os.cpu_count()} cores):",
         "",
         "| placement | path | ticks | steps sent | ok | errors | dropped | degraded | p50 ms "

@@ -286,6 +286,15 @@ def serve(
     idle_evict_s: Annotated[
         float, typer.Option(help="Seconds unused before a session leaves memory for the store.")
     ] = 600.0,
+    direct_stream: Annotated[
+        str | None,
+        typer.Option(
+            help="Interface on which each session host takes its robots' streams itself "
+            "(127.0.0.1 here; 0.0.0.0 on a cluster whose robots reach the nodes): after the "
+            "stream route checks the token, steps skip the HTTP proxy and the ingress. Plain "
+            "ws://, so a wss:// client stays on the route. None: off."
+        ),
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
@@ -300,6 +309,7 @@ def serve(
     On a local Ray by default; with --address, on a running Ray cluster.
     """
     from services.deployment import ServeSettings
+    from services.host_stream import DirectStreamSpec
     from services.http_app import HttpSettings
     from services.policy_worker import MODEL_NAMES, WorkerSpec
     from services.ray_security import RayAuthDisabled, require_token_auth
@@ -321,6 +331,7 @@ def serve(
             session_hosts=session_hosts,
             idle_evict_s=idle_evict_s,
             store=StoreSpec(url="local" if store == "embedded" else store),
+            direct_stream=None if direct_stream is None else DirectStreamSpec(bind=direct_stream),
         )
         # Ray's ports listen on every interface whatever --host says; its token auth closes them.
         require_token_auth()

@@ -421,7 +421,9 @@ class _ClientBase(Generic[TransportT]):
             return session
         return SessionId(kind=self.kind, namespace=self.namespace, id=session)
 
-    def _stream_core(self, transport: object, session_id: str | SessionId) -> StreamCore:
+    def _stream_core(
+        self, transport: object, session_id: str | SessionId, direct: bool
+    ) -> StreamCore:
         """What a stream of ``session_id`` needs from an HTTP transport (else ``TypeError``)."""
         from services.stream_client import StreamCore
 
@@ -431,7 +433,7 @@ class _ClientBase(Generic[TransportT]):
                 "TempomemClient.connect(url, ...) (or AsyncTempomemClient.connect)"
             )
         session = self.session_id(session_id)
-        return StreamCore(transport.url, session, transport.token, transport.timeout_s)
+        return StreamCore(transport.url, session, transport.token, transport.timeout_s, direct)
 
     @staticmethod
     def _reset_request(reason: str | None) -> dict[str, Any]:
@@ -497,13 +499,15 @@ class TempomemClient(_ClientBase[Transport]):
         if it does not exist). True if a store record was deleted."""
         return cast(bool, self._call("delete", session_id))
 
-    def stream(self, session_id: str | SessionId) -> StepStream:
+    def stream(self, session_id: str | SessionId, direct: bool = True) -> StepStream:
         """The session's steps over one WebSocket (a client made with ``connect``): a
         ``StepStream`` whose ``step(...)`` takes this ``step``'s arguments but the session.
-        ``with client.stream("robot-1") as s: s.step(0, ids, prefix_len)``."""
+        ``with client.stream("robot-1") as s: s.step(0, ids, prefix_len)``. ``direct``: move
+        to the session host's own stream when the server offers one (``services.host_stream``;
+        ``s.direct`` says whether it did)."""
         from services.stream_client import StepStream
 
-        return StepStream(self._stream_core(self.transport, session_id))
+        return StepStream(self._stream_core(self.transport, session_id, direct))
 
 
 class AsyncTempomemClient(_ClientBase[AsyncTransport]):
@@ -542,9 +546,9 @@ class AsyncTempomemClient(_ClientBase[AsyncTransport]):
     async def delete(self, session_id: str | SessionId) -> bool:
         return cast(bool, await self._call("delete", session_id))
 
-    async def stream(self, session_id: str | SessionId) -> AsyncStepStream:
+    async def stream(self, session_id: str | SessionId, direct: bool = True) -> AsyncStepStream:
         """``TempomemClient.stream`` for asyncio, connected when awaited:
         ``async with await client.stream("robot-1") as s: await s.step(0, ids, prefix_len)``."""
         from services.stream_client import AsyncStepStream
 
-        return await AsyncStepStream.open(self._stream_core(self.transport, session_id))
+        return await AsyncStepStream.open(self._stream_core(self.transport, session_id, direct))

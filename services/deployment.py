@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from kv_store import store_kind
+from services.host_stream import DirectStreamSpec
 from services.http_app import (
     AdviseRequest,
     AgentEventRequest,
@@ -89,6 +90,12 @@ class ServeSettings(BaseModel):
         default=600.0,
         gt=0,
         description="A session unused this long leaves memory for the store (restored on use).",
+    )
+    direct_stream: DirectStreamSpec | None = Field(
+        default=None,
+        description="Session hosts take robots' streams themselves after the stream route "
+        "checked the token (services.host_stream): no HTTP proxy or ingress per step. None: "
+        "every stream message goes through them.",
     )
     request_timeout_s: float = Field(default=120.0, gt=0)
     access_log: bool = Field(
@@ -148,6 +155,7 @@ class RayBackend:
                     hosts=settings.session_hosts,
                     idle_evict_s=settings.idle_evict_s,
                     max_sessions_per_namespace=settings.max_sessions_per_tenant,
+                    direct_stream=settings.direct_stream,
                 ),
                 serve_worker=None
                 if settings.worker.placement == "session"
@@ -172,6 +180,16 @@ class RayBackend:
             )
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             raise ConnectionError(str(err)) from err
+
+    async def open_stream(self, session: SessionId) -> dict[str, str] | None:
+        if self.settings.direct_stream is None:
+            return None
+        host = self.transport.sync.handle(session)
+        ticket: dict[str, str] | None = await asyncio.wait_for(
+            host.open_stream.remote(session.model_dump(mode="json")),
+            self.settings.request_timeout_s,
+        )
+        return ticket
 
     def _log(self, session: SessionId) -> Any:
         from services.agent_log import AgentEventLog

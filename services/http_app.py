@@ -40,6 +40,7 @@ actors + the batched policy deployment) and mounts this app as the Serve ingress
 """
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -75,6 +76,8 @@ from services.schemas import (
     StepResponse,
 )
 
+log = logging.getLogger(__name__)
+
 # ------------------------------------------------------------------------------ agent schemas
 
 
@@ -100,6 +103,11 @@ class Backend(Protocol):
     async def call(self, session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
         """Run ``method`` (step, reset, elapsed, summary, metrics, flush) on the session;
         raises ValueError for a bad request, TimeoutError/ConnectionError if unreachable."""
+        ...
+
+    async def open_stream(self, session: SessionId) -> dict[str, str] | None:
+        """The session host's direct stream (``{"url", "ticket"}``), or None where hosts
+        take no streams (``services.host_stream``)."""
         ...
 
     async def agent_event(self, session: SessionId, event: AgentEventRequest) -> str: ...
@@ -211,8 +219,18 @@ def create_app(
         """One control step of a robot session (memory loaded, frame remembered)."""
         return await run_step(namespace, session_id, body)
 
+    async def open_direct(namespace: str, session_id: str) -> dict[str, str] | None:
+        """The host's direct stream; None (the robot stays here) if the host cannot say."""
+        try:
+            return await backend().open_stream(robot(namespace, session_id))
+        except Exception as err:  # the proxied stream still works
+            log.warning("no direct stream for %s/%s: %s", namespace, session_id, _error_text(err))
+            return None
+
     # The same step over one WebSocket per robot (services.http_stream).
-    add_stream_route(app, run_step, namespace_of, metrics, settings.max_body_bytes)
+    add_stream_route(
+        app, run_step, namespace_of, metrics, settings.max_body_bytes, open_direct=open_direct
+    )
 
     @app.post("/v1/sessions/{session_id}/reset", response_model=ResetResponse, tags=["robot"])
     async def reset(

@@ -18,6 +18,7 @@ which backend runs the steps.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar, cast
@@ -124,16 +125,20 @@ class ServePolicy(RemotePolicy):
 
 
 class InlinePolicy:
-    """A ``StepRunner`` in this process; memory is the state dict the runner returned."""
+    """A ``StepRunner`` in this process; memory is the state dict the runner returned. One
+    call at a time: the runner's model carries one step's hooks (a host's Ray calls and its
+    direct streams may call from two threads)."""
 
     def __init__(self, runner: StepRunner) -> None:
         self.runner = runner
+        self._lock = threading.Lock()
 
     def step(
         self, memory: Mapping[str, Any] | None, request: StepRequest, timeout_s: float
     ) -> tuple[StepOutput, dict[str, Any]]:
         del timeout_s  # in-process: nothing to wait for
-        return self.runner.run(memory, request)
+        with self._lock:
+            return self.runner.run(memory, request)
 
     def step_many(
         self, items: Sequence[tuple[Mapping[str, Any] | None, StepRequest]], timeout_s: float
@@ -142,12 +147,13 @@ class InlinePolicy:
         without ``run_many`` steps them one by one."""
         del timeout_s
         run_many = getattr(self.runner, "run_many", None)
-        if run_many is not None:
-            return cast(
-                list[tuple[StepOutput, dict[str, Any]] | Exception],
-                run_many(list(items), return_exceptions=True),
-            )
-        return each_or_error(lambda item: self.runner.run(*item), items)
+        with self._lock:
+            if run_many is not None:
+                return cast(
+                    list[tuple[StepOutput, dict[str, Any]] | Exception],
+                    run_many(list(items), return_exceptions=True),
+                )
+            return each_or_error(lambda item: self.runner.run(*item), items)
 
     def to_state(self, memory: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         return memory

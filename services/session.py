@@ -297,7 +297,7 @@ class SessionActor:
         )
         return self.finish_step(plan, output, new_memory, (time.perf_counter() - before) * 1e3)
 
-    def begin_step(self, request: Mapping[str, Any]) -> dict[str, Any] | StepPlan:
+    def begin_step(self, request: StepRequest | Mapping[str, Any]) -> dict[str, Any] | StepPlan:
         """The part of ``step`` before the policy runs: the answer itself for a replayed step
         id, else what to run (a ``SessionHost`` runs several sessions' plans in one forward).
         Raises what ``step`` raises for a bad request, before anything changes."""

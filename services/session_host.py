@@ -42,9 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kv_store import StoreUnavailable
 from kv_store.base import BaseStore
+from services.host_stream import DirectStreamSpec, HostStreamServer
 from services.policy_backends import PolicyBackend
 from services.policy_worker import ModelFactory, WorkerSpec
-from services.schemas import SessionId, SessionLimitReached, SessionNotFound
+from services.schemas import SessionId, SessionLimitReached, SessionNotFound, StepRequest
 from services.session import (
     ServeWorker,
     SessionActor,
@@ -56,6 +57,9 @@ from services.session import (
 )
 
 log = logging.getLogger(__name__)
+
+#: One step of ``step_many``: its place in the call, its session, its request.
+_Item = tuple[int, SessionId, StepRequest | Mapping[str, Any]]
 
 #: Methods that only read a session (they never create one).
 READ_METHODS = frozenset({"elapsed", "summary", "metrics", "flush"})
@@ -88,6 +92,11 @@ class HostSpec(BaseModel):
         default="spread",
         description="'spread': host i prefers the (i mod n)-th alive node with CPUs (a soft "
         "node affinity: elsewhere if that node is gone or full). 'default': Ray's scheduler.",
+    )
+    direct_stream: DirectStreamSpec | None = Field(
+        default=None,
+        description="Hosts take robots' streams themselves (services.host_stream); None: "
+        "streams go through the HTTP proxy and the ingress.",
     )
 
 
@@ -153,6 +162,7 @@ class SessionHost:
         self._evictions = 0
         self._step_calls = 0  # step_many calls and the steps they carried (stats)
         self._batched_steps = 0
+        self._streams: HostStreamServer | None = None
         if self.spec.idle_evict_s is not None:
             janitor = threading.Thread(target=self._evict_forever, name="tempomem-evict")
             janitor.daemon = True
@@ -164,7 +174,8 @@ class SessionHost:
         return self._run(session, "step", request)
 
     def step_many(
-        self, items: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+        self,
+        items: Sequence[tuple[SessionId | Mapping[str, Any], StepRequest | Mapping[str, Any]]],
     ) -> list[dict[str, Any] | Exception]:
         """Several sessions' steps, ``(session, request)`` each, in one call: each session's
         checks, then ONE policy forward for all of them where shapes agree (the policy's
@@ -175,7 +186,7 @@ class SessionHost:
             self._step_calls += 1
             self._batched_steps += len(items)
         results: list[dict[str, Any] | Exception | None] = [None] * len(items)
-        parsed: list[tuple[int, SessionId, Mapping[str, Any]]] = []
+        parsed: list[_Item] = []
         for i, (session, request) in enumerate(items):
             try:
                 parsed.append((i, SessionId.model_validate(session), request))
@@ -187,6 +198,19 @@ class SessionHost:
 
     def reset(self, session: Mapping[str, Any], request: Mapping[str, Any] | None) -> Any:
         return self._run(session, "reset", request)
+
+    def open_stream(self, session: Mapping[str, Any]) -> dict[str, str] | None:
+        """A direct stream to this host for a robot ``session``: ``{"url", "ticket"}``
+        (``services.host_stream``), or None when the spec has no ``direct_stream``. The caller
+        has checked the tenant: the ticket is the right to step this session."""
+        if self.spec.direct_stream is None:
+            return None
+        sid = SessionId.model_validate(session)
+        with self._lock:
+            if self._streams is None:
+                self._streams = HostStreamServer(self.step_many, self.spec.direct_stream)
+            streams = self._streams
+        return streams.ticket(sid)
 
     def read(self, session: Mapping[str, Any], method: str) -> Any:
         if method not in READ_METHODS:
@@ -205,12 +229,16 @@ class SessionHost:
 
     def stats(self) -> dict[str, Any]:
         """Sessions held, evictions so far, ``step_many`` calls and the steps they carried,
-        this process's id and its Ray node's id (None outside Ray), for benchmarks and tests."""
+        direct streams (``stream_open``, ``stream_connections``, ``stream_refused``,
+        ``stream_steps``; once the first was asked for), this
+        process's id and its Ray node's id (None outside Ray), for benchmarks and tests."""
         import os
 
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        streams = {} if self._streams is None else self._streams.stats()
         with self._lock:
             return {
+                **{f"stream_{name}": count for name, count in streams.items()},
                 "sessions": len(self._sessions),
                 "evictions": self._evictions,
                 "step_many_calls": self._step_calls,
@@ -264,7 +292,7 @@ class SessionHost:
 
     def _step_round(
         self,
-        batch: list[tuple[int, SessionId, Mapping[str, Any]]],
+        batch: list[_Item],
         results: list[dict[str, Any] | Exception | None],
     ) -> None:
         """``step_many`` for sessions that are all different; writes ``results[i]``."""
@@ -389,11 +417,11 @@ class SessionHost:
 
 
 def _rounds(
-    items: list[tuple[int, SessionId, Mapping[str, Any]]],
-) -> list[list[tuple[int, SessionId, Mapping[str, Any]]]]:
+    items: list[_Item],
+) -> list[list[_Item]]:
     """``items`` split in rounds in which every session appears once (in order), so that a
     session's second step sees its first one's memory."""
-    rounds: list[list[tuple[int, SessionId, Mapping[str, Any]]]] = []
+    rounds: list[list[_Item]] = []
     seen: dict[str, int] = {}  # session -> rounds it is in so far
     for item in items:
         key = str(item[1])

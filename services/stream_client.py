@@ -3,7 +3,11 @@
 ``StepStream`` (sync, ``websockets.sync``) and ``AsyncStepStream`` (asyncio,
 ``websockets.asyncio``) speak the protocol of ``services.http_stream``: the bearer token goes
 in the handshake, the server's greeting confirms the session (or refuses the token: the
-stream's constructor raises ``PermissionError``), then each ``step(...)`` sends one
+stream's constructor raises ``PermissionError``). Where the greeting offers the session host's
+direct stream (``services.host_stream``), the stream moves there (one ticket, one connection)
+and closes the proxied one; if the host cannot be reached, or the route is ``wss://`` and the
+host's URL is not, it stays on the route (``stream.direct`` says which). Then each
+``step(...)`` sends one
 ``StepRequest`` and reads its answer. Error answers raise what the HTTP client raises for the
 same status (``ValueError`` for 413/422, ``StepConflict`` for 409, ``SessionLimitReached``
 for 429, ``TempomemHTTPError`` for 503...), and the stream stays usable.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Unpack
@@ -24,6 +29,12 @@ from typing import Any, Unpack
 from services.async_twin import async_twin_of
 from services.client import StepOptions, http_result, step_payload
 from services.schemas import NAMESPACE_HEADER, SessionId, StepResponse
+from services.stream_protocol import quiet_logger
+
+log = logging.getLogger(__name__)
+
+#: A direct stream offered by a greeting: its URL and handshake headers.
+DirectOffer = tuple[str, dict[str, str]]
 
 
 class StreamCore:
@@ -34,10 +45,16 @@ class StreamCore:
         session: the robot session to step.
         token: bearer token (when the server has tokens).
         timeout_s: longest wait to connect and for each answer.
+        direct: move to the session host's direct stream when the server offers one.
     """
 
     def __init__(
-        self, base_url: str, session: SessionId, token: str | None, timeout_s: float
+        self,
+        base_url: str,
+        session: SessionId,
+        token: str | None,
+        timeout_s: float,
+        direct: bool = True,
     ) -> None:
         scheme, sep, rest = base_url.rstrip("/").partition("://")
         if not sep or scheme not in ("http", "https"):
@@ -48,6 +65,7 @@ class StreamCore:
         self.url = f"{ws_scheme}://{rest}/v1/sessions/{session.id}/stream"
         self.session = session
         self.timeout_s = timeout_s
+        self.direct = direct
         self.headers = {NAMESPACE_HEADER: session.namespace}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -57,10 +75,32 @@ class StreamCore:
         """One step message: a ``step_payload`` (validated already) as compact JSON."""
         return json.dumps(payload, separators=(",", ":"))
 
-    def greeting(self, text: str | bytes) -> None:
-        """Check the server's first message: the session confirmed, or the refusal raised."""
+    def greeting(self, text: str | bytes) -> DirectOffer | None:
+        """Check the server's first message: the session confirmed (with the direct stream it
+        offers, to take, if any), or the refusal raised."""
         body = self._parse(text)
         http_result(int(body.get("status", 500)), body)
+        return self._offer(body.get("direct"))
+
+    def _offer(self, offer: Any) -> DirectOffer | None:
+        if not self.direct or not isinstance(offer, dict):
+            return None
+        url, ticket = offer.get("url"), offer.get("ticket")
+        if not isinstance(url, str) or not isinstance(ticket, str):
+            return None
+        if not url.startswith("wss://" if self.url.startswith("wss://") else ("ws://", "wss://")):
+            log.info("staying on the stream route: it is wss:// and the host's stream is not")
+            return None
+        return url, {"Authorization": f"Bearer {ticket}"}
+
+    def declined(self, url: str, err: BaseException) -> None:
+        """Log why a direct stream was not taken (the ticket is never in the text)."""
+        log.warning(
+            "staying on the stream route: the session host's stream at %s failed: %s: %s",
+            url,
+            type(err).__name__,
+            err,
+        )
 
     def answer(self, text: str | bytes) -> StepResponse:
         """A step's answer, or the error its status maps to."""
@@ -80,6 +120,13 @@ class StreamCore:
             "stream is closed: open another and resend the step (same step_id, same body)"
         )
 
+    def closed(self, step_id: int, err: Exception) -> ConnectionError:
+        """The error for a stream the server closed (its session host restarted, say)."""
+        return ConnectionError(
+            f"the stream of {self.session} was closed before step {step_id} was answered "
+            f"({err}); open another and resend the step (same step_id, same body)"
+        )
+
     @staticmethod
     def _parse(text: str | bytes) -> dict[str, Any]:
         body = json.loads(text)
@@ -93,20 +140,38 @@ class StepStream:
     call ``close()``. See ``TempomemClient.stream``."""
 
     def __init__(self, core: StreamCore) -> None:
+        self.core = core
+        self.direct = False  # whether the steps go straight to the session host
+        self._ws = self._open(core.url, core.headers)
+        offer = self._greeted(self._ws)
+        if offer is not None:
+            url, headers = offer
+            try:
+                direct = self._open(url, headers)
+                self._greeted(direct)
+            except Exception as err:
+                self.core.declined(url, err)
+            else:
+                self._ws.close()
+                self._ws, self.direct = direct, True
+
+    def _open(self, url: str, headers: dict[str, str]) -> Any:
         from websockets.sync.client import connect
 
-        self.core = core
         # No per-message compression: step messages are small and it would cost CPU each way.
-        self._ws = connect(
-            core.url,
-            additional_headers=core.headers,
-            open_timeout=core.timeout_s,
+        return connect(
+            url,
+            additional_headers=headers,
+            open_timeout=self.core.timeout_s,
             compression=None,
+            logger=quiet_logger("client"),
         )
+
+    def _greeted(self, ws: Any) -> DirectOffer | None:
         try:
-            core.greeting(self._ws.recv(timeout=core.timeout_s))
+            return self.core.greeting(ws.recv(timeout=self.core.timeout_s))
         except BaseException:
-            self._ws.close()
+            ws.close()
             raise
 
     def step(
@@ -117,13 +182,17 @@ class StepStream:
         **options: Unpack[StepOptions],
     ) -> StepResponse:
         """One control step; see ``StepRequest`` and ``StepResponse``."""
+        from websockets.exceptions import ConnectionClosed
+
         payload = step_payload(step_id, input_ids, prefix_len, **options)
-        self._ws.send(self.core.message(payload))
         try:
+            self._ws.send(self.core.message(payload))
             text = self._ws.recv(timeout=self.core.timeout_s)
         except TimeoutError:
             self.close()
             raise self.core.lost(step_id) from None
+        except ConnectionClosed as err:
+            raise self.core.closed(step_id, err) from None
         return self.core.answer(text)
 
     def close(self) -> None:
@@ -145,36 +214,58 @@ class AsyncStepStream:
     """``StepStream`` for asyncio: ``async with await client.stream(id) as s:``, then
     ``await s.step(...)``."""
 
-    def __init__(self, core: StreamCore, ws: Any) -> None:
+    def __init__(self, core: StreamCore, ws: Any, direct: bool = False) -> None:
         self.core = core
         self._ws = ws
+        self.direct = direct  # whether the steps go straight to the session host
 
     @classmethod
     async def open(cls, core: StreamCore) -> AsyncStepStream:
+        ws, offer = await cls._open(core, core.url, core.headers)
+        if offer is not None:
+            url, headers = offer
+            try:
+                direct, _ = await cls._open(core, url, headers)
+            except Exception as err:
+                core.declined(url, err)
+            else:
+                await ws.close()
+                return cls(core, direct, direct=True)
+        return cls(core, ws)
+
+    @staticmethod
+    async def _open(
+        core: StreamCore, url: str, headers: dict[str, str]
+    ) -> tuple[Any, DirectOffer | None]:
+        """A connection to ``url``, greeted, and the direct stream its greeting offers."""
         from websockets.asyncio.client import connect
 
         ws = await connect(
-            core.url,
-            additional_headers=core.headers,
+            url,
+            additional_headers=headers,
             open_timeout=core.timeout_s,
             compression=None,
+            logger=quiet_logger("client"),
         )
         try:
-            core.greeting(await asyncio.wait_for(ws.recv(), core.timeout_s))
+            return ws, core.greeting(await asyncio.wait_for(ws.recv(), core.timeout_s))
         except BaseException:
             await ws.close()
             raise
-        return cls(core, ws)
 
     @async_twin_of(StepStream.step)
     async def step(self, step_id: int, *args: Any, **options: Any) -> StepResponse:
+        from websockets.exceptions import ConnectionClosed
+
         payload = step_payload(step_id, *args, **options)
-        await self._ws.send(self.core.message(payload))
         try:
+            await self._ws.send(self.core.message(payload))
             text = await asyncio.wait_for(self._ws.recv(), self.core.timeout_s)
         except TimeoutError:
             await self.aclose()
             raise self.core.lost(step_id) from None
+        except ConnectionClosed as err:
+            raise self.core.closed(step_id, err) from None
         return self.core.answer(text)
 
     async def aclose(self) -> None:
