@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import math
-import socket
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import ray
-from ray import serve
+from serve_apps import free_port, local_serve
 from stream_cases import answer_bad_messages
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -30,7 +29,7 @@ from websockets.sync.client import connect
 from kv_store.redis_server import LocalRedisServer
 from memory import TempoFitConfig
 from services.client import TempomemClient
-from services.deployment import ServeSettings, build_app
+from services.deployment import ServeSettings
 from services.host_stream import DIRECT_PATH, DirectStreamSpec
 from services.http_app import HttpSettings, create_app
 from services.policy_worker import WorkerSpec
@@ -62,12 +61,6 @@ def _close(a: StepResponse, b: StepResponse) -> bool:
 
 def _robot(name: str) -> dict[str, str]:
     return SessionId(kind="robot", namespace="tenant", id=name).model_dump(mode="json")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _refused(url: str, headers: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
@@ -266,7 +259,7 @@ def app_url(host: SessionHost) -> Iterator[tuple[str, _HostBackend]]:
 
     backend = _HostBackend(host)
     app = create_app(lambda: backend, HttpSettings(tokens={TOKEN: "tenant"}))  # type: ignore[arg-type,return-value]
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -293,7 +286,7 @@ def test_the_client_moves_to_the_host_or_stays_on_the_route(
         assert stream.direct
         moved = [stream.step(i, _tokens(i), PREFIX, top_k=4) for i in range(3)]
     assert backend.host.stats()["stream_steps"] - before == 3
-    backend.offer_url = f"ws://127.0.0.1:{_free_port()}{DIRECT_PATH}"
+    backend.offer_url = f"ws://127.0.0.1:{free_port()}{DIRECT_PATH}"
     try:
         with client.stream(f"stayed-{tag}") as stream:
             assert not stream.direct
@@ -313,25 +306,18 @@ RAY_NAMESPACE = f"tempomem-direct-{uuid.uuid4().hex[:8]}"
 
 @pytest.fixture(scope="module")
 def served(redis_server: LocalRedisServer) -> Iterator[str]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = ServeSettings(
-            app_name="tempomem-direct",
-            ray_namespace=RAY_NAMESPACE,
-            worker=WORKER,
-            store=StoreSpec(url=redis_server.url),
-            session=SessionConfig(max_lag_steps=0),
-            http=HttpSettings(tokens={TOKEN: "tenant"}, max_body_bytes=MAX_MESSAGE),
-            direct_stream=DirectStreamSpec(max_message_bytes=MAX_MESSAGE),
-            request_timeout_s=60,
-        )
-        serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    settings = ServeSettings(
+        app_name="tempomem-direct",
+        ray_namespace=RAY_NAMESPACE,
+        worker=WORKER,
+        store=StoreSpec(url=redis_server.url),
+        session=SessionConfig(max_lag_steps=0),
+        http=HttpSettings(tokens={TOKEN: "tenant"}, max_body_bytes=MAX_MESSAGE),
+        direct_stream=DirectStreamSpec(max_message_bytes=MAX_MESSAGE),
+        request_timeout_s=60,
+    )
+    with local_serve(settings) as url:
+        yield url
 
 
 def test_served_streams_go_direct_and_answer_as_the_route_does(served: str) -> None:

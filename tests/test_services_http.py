@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
+from serve_apps import free_port, local_serve
 from stream_cases import answer_bad_messages
 from test_advisor_support import tool
 from websockets.exceptions import ConnectionClosed
@@ -58,12 +57,6 @@ MAX_BODY = 256 * 1024
 PREFIX = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Service:
     url: str
@@ -92,23 +85,11 @@ def _settings(store_url: str, **overrides: Any) -> ServeSettings:
 
 @pytest.fixture(scope="module")
 def service(redis_server: LocalRedisServer) -> Iterator[Service]:
-    ray.init(num_cpus=2, include_dashboard=False, namespace=RAY_NAMESPACE, log_to_driver=False)
-    try:
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        settings = _settings(
-            redis_server.url,
-            app_name="tempomem-test",
-            batch_wait_timeout_s=0.05,
-            request_timeout_s=60,
-        )
-        serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
-        yield Service(
-            url=f"http://127.0.0.1:{port}", app_name=settings.app_name, store_url=redis_server.url
-        )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    settings = _settings(
+        redis_server.url, app_name="tempomem-test", batch_wait_timeout_s=0.05, request_timeout_s=60
+    )
+    with local_serve(settings) as url:
+        yield Service(url=url, app_name=settings.app_name, store_url=redis_server.url)
 
 
 def _tokens(step: int, salt: int = 0) -> list[int]:
@@ -347,7 +328,7 @@ def test_store_unavailable_steps_degraded_over_http(service: Service) -> None:
         app_name="tempomem-degraded",
         ray_namespace=RAY_NAMESPACE,
         worker=WORKER,
-        store=StoreSpec(url=f"redis://127.0.0.1:{_free_port()}/0", socket_timeout_s=0.2),
+        store=StoreSpec(url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.2),
         session=SessionConfig(probe_interval_s=60),
         http=HttpSettings(tokens=TOKENS),
     )
