@@ -356,6 +356,13 @@ def _controller(run: BlockRun) -> Iterator[None]:
     print(f"controller (tiny-llama via tempomem serve): {found.group(0)}")
 
 
+@check("direct-stream")
+def _direct_stream(run: BlockRun) -> Iterator[None]:
+    yield
+    assert "direct: True" in run.stdout, run.stdout
+    assert "frames in memory: 8" in run.stdout, run.stdout  # the default capacity, 8 frames
+
+
 @check("eval")
 def _eval(run: BlockRun) -> Iterator[None]:
     yield
