@@ -390,6 +390,13 @@ class SessionActor:
             store=store_kind(self.store_spec.url),
         ).model_dump(mode="json")
 
+    def write_record(self, timeout_s: float) -> bool:
+        """Write the session's record now (its current state), waiting up to ``timeout_s``;
+        True once it is in the store. A host writes a new session's first record before it
+        counts the tenant's sessions against the cap."""
+        self._writer.submit(self._snapshot())
+        return self._writer.flush(timeout_s)
+
     def close(self, timeout_s: float = 5.0) -> bool:
         """Write what is pending (up to ``timeout_s``) and end the writer, keeping the record:
         the session can be restored from the store later (idle eviction). True if nothing

@@ -368,13 +368,14 @@ class SessionHost:
 
     def _open(self, sid: SessionId, check_cap: bool = True) -> SessionActor:
         store = self._stores.get(sid.namespace)
+        capped = check_cap and self.spec.max_sessions_per_namespace is not None
         try:
-            if check_cap and not store.exists(sid.store_key):
-                self._check_cap(sid, store)
+            new = capped and not store.exists(sid.store_key)
         except StoreUnavailable:
             # The cap is counted in the store: with the store down the session starts
             # degraded (memoryless) rather than not at all; it is counted once the store is back.
             log.warning("%s: store unavailable, the tenant's cap is not checked", sid)
+            new = False
         actor = SessionActor(
             sid,
             store=self.store_spec,
@@ -384,30 +385,34 @@ class SessionHost:
             policy=self._policy,
             tenant_store=store,
         )
+        if new:
+            self._admit(sid, store, actor)
         with self._lock:
             self._sessions[str(sid)] = actor
             self._last_used[str(sid)] = time.monotonic()
         return actor
 
-    def _check_cap(self, sid: SessionId, store: BaseStore) -> None:
+    def _admit(self, sid: SessionId, store: BaseStore, actor: SessionActor) -> None:
+        """Admit a new session under the tenant's cap, or forget it and raise
+        ``SessionLimitReached``. Write, then count: the session's first record is written
+        before the tenant's records are counted, so of sessions racing for the last place (on
+        any hosts) none is admitted unseen by the others. Racers may all be refused; a retry
+        gets the place. A store too slow for the first write skips the check, as a down one."""
         cap = self.spec.max_sessions_per_namespace
-        if cap is None:
+        assert cap is not None  # _open admits only under a cap
+        if not actor.write_record(self.store_spec.socket_timeout_s):
+            log.warning("%s: first record not written in time, the cap is not checked", sid)
             return
-        # Records in the store, and the sessions this host opened whose first record the
-        # write-behind has not written yet (else a burst of new sessions, one batch of them
-        # above all, would all pass the check before any is counted).
-        live_keys = set(store.keys(prefix=f"session/{sid.kind}/"))
-        with self._lock:
-            live_keys.update(
-                actor.session_id.store_key
-                for actor in self._sessions.values()
-                if (actor.session_id.namespace, actor.session_id.kind) == (sid.namespace, sid.kind)
-            )
-        live = len(live_keys)
-        if live >= cap:
+        try:
+            live = len(store.keys(prefix=f"session/{sid.kind}/"))
+        except StoreUnavailable:
+            log.warning("%s: store unavailable, the tenant's cap is not checked", sid)
+            return
+        if live > cap:
+            actor.forget()
             raise SessionLimitReached(
-                f"namespace {sid.namespace!r} has {live} {sid.kind} sessions, its cap is {cap}: "
-                "delete one (DELETE /v1/sessions/{id}) before starting another"
+                f"namespace {sid.namespace!r} has {live - 1} other {sid.kind} sessions, its cap "
+                f"is {cap}: delete one (DELETE /v1/sessions/{{id}}) before starting another"
             )
 
     def _drop(self, key: str) -> None:

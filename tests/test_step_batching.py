@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from kv_store import RedisStore
+from kv_store.redis_server import LocalRedisServer
 from memory import TempoFitConfig
 from services.policy_worker import WorkerSpec
 from services.schemas import SessionId, SessionLimitReached, StepConflict
@@ -255,9 +259,8 @@ def test_a_linger_lets_steps_that_arrive_soon_after_share_the_call() -> None:
 
 
 def test_the_tenant_cap_holds_for_sessions_not_yet_written_to_the_store() -> None:
-    """New sessions count against the tenant's cap as soon as the host opens them, not once
-    their first record is written: neither a batch of new sessions nor a quick run of them
-    one by one gets past it."""
+    """A new session's first record is written before the tenant's sessions are counted:
+    neither a batch of new sessions nor a quick run of them one by one gets past the cap."""
     host = SessionHost(
         0,
         store=StoreSpec(url="local"),
@@ -281,3 +284,53 @@ def test_the_tenant_cap_holds_for_sessions_not_yet_written_to_the_store() -> Non
     assert [isinstance(r, dict) for r in one_by_one] == [True] * 3 + [False] * 3
     # A session that exists keeps stepping at the cap.
     assert host.step(tenant("capped-a", "s0"), _request(1, 0))["step_id"] == 1
+
+
+def test_the_tenant_cap_holds_for_new_sessions_racing_on_two_hosts(
+    redis_server: LocalRedisServer,
+) -> None:
+    """Two hosts sharing a redis store, twelve new sessions of one tenant created at once
+    (a barrier), six per host, under a cap of 3: at most 3 are admitted (each host used to
+    count only the records already written, and its own unwritten sessions, so each let
+    about three in). Racers may all be refused; new ones one by one then fill the cap
+    exactly, and every admitted session has its record."""
+    namespace = f"race-{uuid.uuid4().hex[:6]}"
+    store = StoreSpec(url=redis_server.url)
+    hosts = [
+        SessionHost(
+            index,
+            store=store,
+            worker=WORKER,
+            config=SessionConfig(),
+            host=HostSpec(hosts=2, idle_evict_s=None, max_sessions_per_namespace=3),
+        )
+        for index in range(2)
+    ]
+    barrier = threading.Barrier(12)
+    admitted: list[str] = []
+
+    def create(i: int) -> None:
+        session = SessionId(kind="robot", namespace=namespace, id=f"s{i}")
+        barrier.wait(timeout=60)
+        try:
+            hosts[i % 2].step(session.model_dump(mode="json"), _request(0, i))
+        except SessionLimitReached:
+            return
+        admitted.append(session.id)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(admitted) <= 3, admitted
+    for i in range(12, 20):  # one by one: the cap fills exactly
+        create_alone = SessionId(kind="robot", namespace=namespace, id=f"s{i}")
+        try:
+            hosts[i % 2].step(create_alone.model_dump(mode="json"), _request(0, i))
+            admitted.append(create_alone.id)
+        except SessionLimitReached:
+            pass
+    assert len(admitted) == 3, admitted
+    records = RedisStore(redis_server.url, namespace=namespace).keys(prefix="session/robot/")
+    assert sorted(records) == sorted(f"session/robot/{name}" for name in admitted)
