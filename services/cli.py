@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.table import Table
 
 from services.cli_help import plain_help_typer
 from services.mcp_cli import mcp_app
+
+if TYPE_CHECKING:
+    from services.host_stream import DirectStreamSpec
 
 app = plain_help_typer(
     name="tempomem",
@@ -295,6 +298,16 @@ def serve(
             "ws://, so a wss:// client stays on the route. None: off."
         ),
     ] = None,
+    direct_stream_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --direct-stream: a PEM certificate for the hosts' addresses (readable on "
+            "every node), so their streams are wss:// and wss:// clients move to them too."
+        ),
+    ] = None,
+    direct_stream_key: Annotated[
+        Path | None, typer.Option(help="The private key (PEM) of --direct-stream-cert.")
+    ] = None,
     address: Annotated[
         str | None,
         typer.Option(
@@ -309,7 +322,6 @@ def serve(
     On a local Ray by default; with --address, on a running Ray cluster.
     """
     from services.deployment import ServeSettings
-    from services.host_stream import DirectStreamSpec
     from services.http_app import HttpSettings
     from services.policy_worker import MODEL_NAMES, WorkerSpec
     from services.ray_security import RayAuthDisabled, require_token_auth
@@ -331,7 +343,7 @@ def serve(
             session_hosts=session_hosts,
             idle_evict_s=idle_evict_s,
             store=StoreSpec(url="local" if store == "embedded" else store),
-            direct_stream=None if direct_stream is None else DirectStreamSpec(bind=direct_stream),
+            direct_stream=direct_stream_spec(direct_stream, direct_stream_cert, direct_stream_key),
         )
         # Ray's ports listen on every interface whatever --host says; its token auth closes them.
         require_token_auth()
@@ -345,6 +357,24 @@ def serve(
         embedded=store == "embedded",
         num_cpus=num_cpus,
         address=address,
+    )
+
+
+def direct_stream_spec(
+    bind: str | None, cert: Path | None, key: Path | None
+) -> DirectStreamSpec | None:
+    """The hosts' direct streams of ``serve``'s options (ValueError for TLS files without
+    ``--direct-stream``, or a certificate without its key)."""
+    from services.host_stream import DirectStreamSpec as Spec
+
+    if bind is None:
+        if cert is not None or key is not None:
+            raise ValueError("--direct-stream-cert/--direct-stream-key need --direct-stream")
+        return None
+    return Spec(
+        bind=bind,
+        certfile=None if cert is None else str(cert),
+        keyfile=None if key is None else str(key),
     )
 
 

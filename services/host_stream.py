@@ -11,15 +11,17 @@ route hands robots over to it:
    random bytes, good for one connection to that one session, for ``ticket_ttl_s``. The
    greeting carries ``"direct": {"url": "ws://HOST:PORT/v1/stream", "ticket": ...}``.
 2. The robot connects to that URL with ``Authorization: Bearer <ticket>``; the host redeems
-   the ticket (once) and greets it as the route does. From then on each message goes straight
+   the ticket (once) and greets it as the route does. With ``certfile``/``keyfile`` the
+   host's server speaks TLS and its URL is ``wss://``. From then on each message goes straight
    to the host, where steps that arrive together run as one ``step_many`` (one forward).
 
 The messages, validation, idempotency by step id and error answers are the route's own
 (``services.stream_protocol``). The tenant is the one the ingress checked: a ticket names its
 session, and a direct stream can step nothing else. A ticket never appears in a log line or
-an error. A client that cannot reach the URL, or whose route is ``wss://`` while the URL is
-not, stays on the proxied stream. A lost host (its node gone) closes its streams; the robot
-opens the stream route again and lands on the host Ray restarted.
+an error. A client that cannot reach the URL (or cannot verify its certificate), or whose
+route is ``wss://`` while the URL is not, stays on the proxied stream. A lost host (its node
+gone) closes its streams; the robot opens the stream route again and lands on the host Ray
+restarted.
 
 Bounds: ``max_connections`` open streams per host (more are refused with 503),
 ``MAX_TICKETS`` outstanding tickets per host, messages of ``max_message_bytes`` (answered 413
@@ -33,12 +35,13 @@ import asyncio
 import concurrent.futures
 import logging
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.schemas import SessionId, StepRequest
 from services.step_batcher import StepBatcher
@@ -84,11 +87,35 @@ class DirectStreamSpec(BaseModel):
         le=0.1,
         description="How long a step waits for others to share its forward (StepBatcher).",
     )
+    certfile: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="TLS: a PEM certificate (chain) for the advertised address, readable on "
+        "every node; the streams are then wss://. None: plain ws://.",
+    )
+    keyfile: str | None = Field(
+        default=None, max_length=4096, description="TLS: the certificate's private key (PEM)."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> DirectStreamSpec:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: give both for wss://, or neither")
+        return self
+
+    def tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain ws://."""
+        if self.certfile is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.certfile, self.keyfile)
+        return context
 
 
 class HostStreamServer:
     """One session host's WebSocket server (see the module doc); starts on the first
-    ``ticket``. Thread-safe; ``step_many`` runs in one worker thread, a batch at a time."""
+    ``ticket`` and runs as long as the host's process. Thread-safe; ``step_many`` runs in one
+    worker thread, a batch at a time."""
 
     def __init__(self, step_many: StepMany, spec: DirectStreamSpec) -> None:
         self.spec = spec
@@ -158,6 +185,7 @@ class HostStreamServer:
         from websockets.asyncio.server import serve
 
         spec = self.spec
+        tls = spec.tls()
         self._server = await serve(
             self._connection,
             spec.bind,
@@ -166,11 +194,12 @@ class HostStreamServer:
             max_size=4 * spec.max_message_bytes,
             open_timeout=spec.handshake_timeout_s,
             logger=quiet_logger("server"),
+            ssl=tls,
         )
         port = self._server.sockets[0].getsockname()[1]
         address = spec.advertise or _advertised(spec.bind)
         host = f"[{address}]" if ":" in address else address
-        self._url = f"ws://{host}:{port}{DIRECT_PATH}"
+        self._url = f"{'ws' if tls is None else 'wss'}://{host}:{port}{DIRECT_PATH}"
         self._batcher = StepBatcher(self._send, linger_s=spec.linger_s)
 
     async def _send(self, items: list[tuple[SessionId, StepRequest]]) -> Sequence[Any]:
@@ -216,23 +245,6 @@ class HostStreamServer:
         answer: dict[str, Any] = await self._batcher.submit((session, request))
         self.counts["steps"] += 1
         return answer
-
-    def close(self) -> None:
-        """Stop taking streams (open ones are closed)."""
-        with self._lock:
-            loop, self._loop = self._loop, None
-        if loop is None:
-            return
-
-        async def stop() -> None:
-            self._server.close()
-            await self._server.wait_closed()
-
-        try:
-            asyncio.run_coroutine_threadsafe(stop(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            self._worker.shutdown(wait=False)
 
 
 def _advertised(bind: str) -> str:

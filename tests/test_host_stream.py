@@ -12,10 +12,12 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +25,7 @@ import pytest
 import ray
 from serve_apps import free_port, local_serve
 from stream_cases import answer_bad_messages
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
 from kv_store.redis_server import LocalRedisServer
@@ -229,6 +231,75 @@ def test_stream_core_never_leaves_tls_for_plaintext() -> None:
         StreamCore("http://api.example", session, None, 1.0, direct=False).greeting(greeting)
         is None
     )
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files), made here."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tempomem test host")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "host.pem", directory / "host.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_a_host_with_a_certificate_streams_over_tls(tmp_path: Path) -> None:
+    """With certfile/keyfile the host's URL is wss://; a client that trusts the certificate
+    steps over it, one that does not (the system's CAs) cannot connect, and plain ws:// to
+    that port gets no greeting. A certificate without its key is refused at once."""
+    cert, key = _self_signed(tmp_path)
+    spec = DirectStreamSpec(certfile=str(cert), keyfile=str(key))
+    tls_host = SessionHost(
+        1,
+        store={"url": "local"},
+        worker=WORKER.model_dump(mode="json"),
+        host=HostSpec(direct_stream=spec, idle_evict_s=None).model_dump(mode="json"),
+    )
+    offer = tls_host.open_stream(_robot("tls"))
+    assert offer is not None and offer["url"].startswith("wss://127.0.0.1:")
+    trusting = ssl.create_default_context(cafile=str(cert))
+    headers = {"Authorization": f"Bearer {offer['ticket']}"}
+    with connect(offer["url"], additional_headers=headers, ssl=trusting) as ws:
+        assert json.loads(ws.recv(timeout=30))["session_id"] == "robot/tenant/tls"
+        ws.send(json.dumps(_request(0)))
+        assert json.loads(ws.recv(timeout=60))["status"] == 200
+    again = _offer(tls_host, "tls")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connect(again["url"], additional_headers={"Authorization": f"Bearer {again['ticket']}"})
+    with pytest.raises((InvalidHandshake, OSError)):  # the server expects TLS first
+        connect(again["url"].replace("wss://", "ws://"), open_timeout=5)
+    with pytest.raises(ValueError, match="together"):
+        DirectStreamSpec(certfile=str(cert))
 
 
 # ------------------------------------------------------------------------------ the app
