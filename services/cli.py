@@ -295,7 +295,8 @@ def serve(
             help="Interface on which each session host takes its robots' streams itself "
             "(127.0.0.1 here; 0.0.0.0 on a cluster whose robots reach the nodes): after the "
             "stream route checks the token, steps skip the HTTP proxy and the ingress. Plain "
-            "ws://, so a wss:// client stays on the route. None: off."
+            "ws:// (a wss:// client stays on the route) unless --direct-stream-cert is given. "
+            "None: off."
         ),
     ] = None,
     direct_stream_cert: Annotated[

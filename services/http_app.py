@@ -65,7 +65,6 @@ from services.http_stream import add_stream_route
 from services.json_safe import json_safe
 from services.schemas import (
     AGENT_ID_PATTERN,
-    ERROR_STATUS,
     NAME_PATTERN,
     ElapsedResponse,
     ResetRequest,
@@ -74,6 +73,8 @@ from services.schemas import (
     SessionSummary,
     StepRequest,
     StepResponse,
+    error_status,
+    error_text,
 )
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Backend(Protocol):
         ...
 
 
-class ServiceUnavailable(Exception):
+class ServiceUnavailable(ConnectionError):
     """The backend could not be reached (answered as 503)."""
 
 
@@ -149,13 +150,6 @@ AgentPath = Annotated[
         description="Agent session id; [A-Za-z0-9_.-]{1,64}, starting with a letter or digit.",
     ),
 ]
-
-
-def _error_text(err: BaseException) -> str:
-    """The user-facing message of a (possibly Ray-wrapped) error: its cause, first line(s)."""
-    cause = getattr(err, "cause", None) or err
-    text = str(cause).strip()
-    return text[:2000] or type(cause).__name__
 
 
 def create_app(
@@ -190,13 +184,13 @@ def create_app(
     async def call(session: SessionId, method: str, payload: dict[str, Any] | None) -> Any:
         try:
             return await backend().call(session, method, payload)
-        except (TimeoutError, ConnectionError, ServiceUnavailable) as err:
-            raise HTTPException(503, f"session {session} unavailable: {_error_text(err)}") from err
         except Exception as err:
-            status = next((code for kind, code in ERROR_STATUS if isinstance(err, kind)), None)
+            status = error_status(err)
             if status is None:
                 raise
-            raise HTTPException(status, _error_text(err)) from err
+            text = error_text(err)
+            detail = f"session {session} unavailable: {text}" if status == 503 else text
+            raise HTTPException(status, detail) from err
 
     def robot(namespace: str, session_id: str) -> SessionId:
         return SessionId(kind="robot", namespace=namespace, id=session_id)
@@ -224,7 +218,7 @@ def create_app(
         try:
             return await backend().open_stream(robot(namespace, session_id))
         except Exception as err:  # the proxied stream still works
-            log.warning("no direct stream for %s/%s: %s", namespace, session_id, _error_text(err))
+            log.warning("no direct stream for %s/%s: %s", namespace, session_id, error_text(err))
             return None
 
     # The same step over one WebSocket per robot (services.http_stream).
@@ -307,11 +301,11 @@ def create_app(
         try:
             return await fn()
         except StoreUnavailable as err:
-            raise HTTPException(503, f"store unavailable: {_error_text(err)}") from err
-        except (TimeoutError, ConnectionError, ServiceUnavailable) as err:
-            raise HTTPException(503, _error_text(err)) from err
+            raise HTTPException(503, f"store unavailable: {error_text(err)}") from err
+        except (TimeoutError, ConnectionError) as err:  # ServiceUnavailable among them
+            raise HTTPException(503, error_text(err)) from err
         except ValueError as err:
-            raise HTTPException(422, _error_text(err)) from err
+            raise HTTPException(422, error_text(err)) from err
 
     @app.post("/v1/agents/{session_id}/events", response_model=AgentEventResponse, tags=["agent"])
     async def agent_event(

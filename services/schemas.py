@@ -75,6 +75,23 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
 )
 
 
+def error_status(err: BaseException) -> int | None:
+    """The HTTP status the service answers for ``err``: 503 when a session or its policy could
+    not be reached in time (``TimeoutError``, ``ConnectionError``), else ``ERROR_STATUS``'s;
+    None for anything else (a bug: 500)."""
+    if isinstance(err, TimeoutError | ConnectionError):
+        return 503
+    return next((code for kind, code in ERROR_STATUS if isinstance(err, kind)), None)
+
+
+def error_text(err: BaseException) -> str:
+    """The user-facing message of a (possibly Ray-wrapped) error: its cause, at most 2,000
+    characters (its type's name when it has no text)."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip()
+    return text[:2000] or type(cause).__name__
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -142,34 +142,31 @@ class StepStream:
     def __init__(self, core: StreamCore) -> None:
         self.core = core
         self.direct = False  # whether the steps go straight to the session host
-        self._ws = self._open(core.url, core.headers)
-        offer = self._greeted(self._ws)
+        self._ws, offer = self._connect(core.url, core.headers)
         if offer is not None:
             url, headers = offer
             try:
-                direct = self._open(url, headers)
-                self._greeted(direct)
+                direct, _ = self._connect(url, headers)
             except Exception as err:
-                self.core.declined(url, err)
+                core.declined(url, err)
             else:
                 self._ws.close()
                 self._ws, self.direct = direct, True
 
-    def _open(self, url: str, headers: dict[str, str]) -> Any:
+    def _connect(self, url: str, headers: dict[str, str]) -> tuple[Any, DirectOffer | None]:
+        """A connection to ``url``, greeted, and the direct stream its greeting offers."""
         from websockets.sync.client import connect
 
         # No per-message compression: step messages are small and it would cost CPU each way.
-        return connect(
+        ws = connect(
             url,
             additional_headers=headers,
             open_timeout=self.core.timeout_s,
             compression=None,
             logger=quiet_logger("client"),
         )
-
-    def _greeted(self, ws: Any) -> DirectOffer | None:
         try:
-            return self.core.greeting(ws.recv(timeout=self.core.timeout_s))
+            return ws, self.core.greeting(ws.recv(timeout=self.core.timeout_s))
         except BaseException:
             ws.close()
             raise
@@ -221,11 +218,11 @@ class AsyncStepStream:
 
     @classmethod
     async def open(cls, core: StreamCore) -> AsyncStepStream:
-        ws, offer = await cls._open(core, core.url, core.headers)
+        ws, offer = await cls._connect(core, core.url, core.headers)
         if offer is not None:
             url, headers = offer
             try:
-                direct, _ = await cls._open(core, url, headers)
+                direct, _ = await cls._connect(core, url, headers)
             except Exception as err:
                 core.declined(url, err)
             else:
@@ -234,7 +231,7 @@ class AsyncStepStream:
         return cls(core, ws)
 
     @staticmethod
-    async def _open(
+    async def _connect(
         core: StreamCore, url: str, headers: dict[str, str]
     ) -> tuple[Any, DirectOffer | None]:
         """A connection to ``url``, greeted, and the direct stream its greeting offers."""

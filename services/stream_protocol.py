@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from services.json_safe import json_safe
-from services.schemas import ERROR_STATUS, StepRequest
+from services.schemas import StepRequest, error_status, error_text
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +62,7 @@ def status_of(err: BaseException) -> int | None:
     """The HTTP status the step route answers for ``err``; None for a bug (500)."""
     if isinstance(err, HTTPException):
         return err.status_code
-    if isinstance(err, TimeoutError | ConnectionError):
-        return 503
-    return next((code for kind, code in ERROR_STATUS if isinstance(err, kind)), None)
-
-
-def _error_text(err: BaseException) -> str:
-    if isinstance(err, HTTPException):
-        return str(err.detail)
-    return (str(err).strip() or type(err).__name__)[:2000]
+    return error_status(err)
 
 
 async def answer_message(raw: str | bytes, max_bytes: int, run_step: RunStep) -> dict[str, Any]:
@@ -95,5 +87,6 @@ async def answer_message(raw: str | bytes, max_bytes: int, run_step: RunStep) ->
         if status is None:  # a bug must not end the robot's connection
             log.exception("a stream step failed")
             return {"status": 500, "detail": "internal error", "step_id": step_id}
-        return {"status": status, "detail": _error_text(err), "step_id": step_id}
+        detail = err.detail if isinstance(err, HTTPException) else error_text(err)
+        return {"status": status, "detail": detail, "step_id": step_id}
     return {"status": 200, **response}

@@ -76,8 +76,7 @@ def _refused(url: str, headers: dict[str, str] | None = None) -> tuple[dict[str,
 
 
 def _open_direct(offer: dict[str, str]) -> Any:
-    ws = connect(offer["url"], additional_headers={"Authorization": f"Bearer {offer['ticket']}"})
-    return ws
+    return connect(offer["url"], additional_headers={"Authorization": f"Bearer {offer['ticket']}"})
 
 
 # ------------------------------------------------------------------------------ one host
@@ -132,9 +131,7 @@ def test_a_ticket_opens_one_stream_of_its_session_once(host: SessionHost) -> Non
 
 
 def _auth_of(host: SessionHost, name: str) -> dict[str, str]:
-    offer = host.open_stream(_robot(name))
-    assert offer is not None
-    return {"Authorization": f"Bearer {offer['ticket']}"}
+    return {"Authorization": f"Bearer {_offer(host, name)['ticket']}"}
 
 
 def test_an_expired_ticket_is_refused_and_agents_get_none(host: SessionHost) -> None:
